@@ -1,0 +1,52 @@
+# llm-operator developer entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help
+help: ## List the targets with their descriptions
+	@grep -hE '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | sort | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## Create .venv and install the package with its test extras
+
+.PHONY: lint
+lint: $(STAMP) ## ruff, mypy (strict on pure packages) and the import contracts
+	$(BIN)/ruff check operator tests e2e bench
+	$(BIN)/ruff format --check operator tests e2e bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+.PHONY: format
+format: $(STAMP) ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix operator tests e2e bench
+	$(BIN)/ruff format operator tests e2e bench
+
+.PHONY: unit
+unit: $(STAMP) ## Unit tests (no cluster)
+	$(BIN)/pytest tests
+
+.PHONY: test
+test: lint $(STAMP) ## Everything: lint, unit tests and e2e tests on the local cluster
+	$(BIN)/pytest tests e2e
+
+.PHONY: crds
+crds: $(STAMP) ## Regenerate crds/ from the pydantic models
+	$(BIN)/llmctl crd > crds/serving.llm-operator.io_llmdeployments.yaml
+
+.PHONY: demo
+demo: $(STAMP) ## Plan every bundled example and show the chosen hardware
+	@for f in examples/*.yaml; do echo "== $$f"; $(BIN)/llmctl plan -f $$f || exit 1; done
+
+include e2e/cluster/cluster.mk

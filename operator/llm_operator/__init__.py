@@ -1,0 +1,1 @@
+"""llm-operator: plan, render and autoscale LLM serving on Kubernetes."""
