@@ -39,7 +39,9 @@ unit: $(STAMP) ## Unit tests (no cluster)
 
 .PHONY: test
 test: lint $(STAMP) ## Everything: lint, unit tests and e2e tests on the local cluster
-	$(BIN)/pytest tests e2e
+	@$(BIN)/pytest tests e2e; code=$$?; \
+	  if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	  exit $$code
 
 .PHONY: crds
 crds: $(STAMP) ## Regenerate crds/ from the pydantic models
@@ -50,3 +52,7 @@ demo: $(STAMP) ## Plan every bundled example and show the chosen hardware
 	@for f in examples/*.yaml; do echo "== $$f"; $(BIN)/llmctl plan -f $$f || exit 1; done
 
 include e2e/cluster/cluster.mk
+
+.PHONY: golden
+golden: $(STAMP) ## Regenerate the renderer's golden files (review the diff)
+	$(BIN)/python tests/regen_golden.py

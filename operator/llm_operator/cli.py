@@ -1,0 +1,419 @@
+"""`llmctl`: the offline CLI for people and CI (plan, estimate, render, crd, catalog).
+
+No cluster needed. Exit codes: 0 success, 1 no feasible plan, 2 bad input (the message
+names the field and the closest valid names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from llm_operator.api import crd as crd_gen
+from llm_operator.api.v1alpha1 import (
+    ENGINES,
+    QUANTIZATIONS,
+    LLMDeployment,
+    LLMDeploymentSpec,
+)
+from llm_operator.catalog import GIB, Catalog, CatalogError, UnknownNameError, load_catalog
+from llm_operator.planner import memory
+from llm_operator.planner.engines import ENGINES as ENGINE_PROFILES
+from llm_operator.planner.search import (
+    Candidate,
+    PlanInputError,
+    PlanResult,
+    Rejection,
+    Request,
+    evaluate,
+    plan,
+)
+from llm_operator.render import RenderError, render_for, to_yaml
+
+
+class UsageError(Exception):
+    """Bad input from the command line or a file; exit code 2."""
+
+
+def _closest(value: str, valid: Sequence[str]) -> str:
+    near = difflib.get_close_matches(value.lower(), valid, n=3, cutoff=0.3) or list(valid)
+    return ", ".join(near)
+
+
+def _check_choice(flag: str, value: str, valid: Sequence[str]) -> str:
+    if value.lower() not in valid:
+        raise UsageError(f"{flag}: unknown value {value!r}; closest: {_closest(value, valid)}")
+    return value.lower()
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each starting with the field path as written in YAML."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        lines.append(f"{path or '<root>'}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_llmdeployment(path: Path) -> LLMDeployment:
+    """Read and validate an LLMDeployment YAML file.
+
+    Raises:
+        UsageError: unreadable file, not an LLMDeployment, or invalid fields (named).
+    """
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise UsageError(f"-f {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise UsageError(f"-f {path}: not valid YAML: {err}") from err
+    if not isinstance(doc, dict) or doc.get("kind") != "LLMDeployment":
+        raise UsageError(f"-f {path}: expected one document of kind LLMDeployment")
+    try:
+        return LLMDeployment.model_validate(doc)
+    except ValidationError as err:
+        raise UsageError(f"{path}:\n{format_validation_error(err)}") from err
+
+
+def _catalog(args: argparse.Namespace) -> Catalog:
+    try:
+        return load_catalog(args.model_catalog, args.gpu_catalog)
+    except CatalogError as err:
+        raise UsageError(str(err)) from err
+
+
+def _spec_from_flags(args: argparse.Namespace) -> LLMDeploymentSpec:
+    if not args.model:
+        raise UsageError("plan: give -f FILE or --model NAME")
+    _check_choice("--quantization", args.quantization, QUANTIZATIONS)
+    _check_choice("--engine", args.engine, ENGINES)
+    raw: dict[str, Any] = {
+        "model": {"name": args.model},
+        "quantization": args.quantization.lower(),
+        "engine": args.engine.lower(),
+        "context": {"maxModelLen": args.context if args.context is not None else "auto"},
+        "workload": {"inputTokens": args.input_tokens, "outputTokens": args.output_tokens},
+        "hardware": {"gpuTypes": args.gpu or [], "allowCpu": args.allow_cpu},
+    }
+    if args.concurrency is not None:
+        raw["workload"]["concurrency"] = args.concurrency
+    if args.budget_per_hour is not None:
+        raw["budget"] = {"maxCostPerHour": args.budget_per_hour}
+    try:
+        return LLMDeploymentSpec.model_validate(raw)
+    except ValidationError as err:
+        raise UsageError(format_validation_error(err, "spec")) from err
+
+
+def _row(c: Candidate) -> dict[str, Any]:
+    return c.to_status().model_dump(by_alias=True)
+
+
+def plan_json(result: PlanResult) -> dict[str, Any]:
+    """The `--output json` object: plan fields, replicas, alternatives, rejected."""
+    body: dict[str, Any] = _row(result.chosen) if result.chosen else {"feasible": False}
+    body["replicas"] = result.replicas
+    body["alternatives"] = [_row(c) for c in result.alternatives]
+    body["rejected"] = [{"candidate": r.label, "reason": r.reason} for r in result.rejected]
+    return body
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def plan_text(model: str, result: PlanResult) -> str:
+    """A readable summary: the choice, why, the alternatives and the closest rejections."""
+    out: list[str] = []
+    header = ["", "GPU", "GPUS", "TP", "PP", "ENGINE", "QUANT", "CTX", "SEQS", "TTFT ms",
+              "TPOT ms", "TOK/S", "$/HR", "$/1M TOK"]  # fmt: skip
+    rows = [header]
+    for mark, c in [("*", result.chosen)] + [(" ", a) for a in result.alternatives]:
+        if c is None:
+            continue
+        rows.append(
+            [
+                mark,
+                c.gpu.name,
+                str(c.gpus),
+                str(c.tensor_parallel),
+                str(c.pipeline_parallel),
+                c.engine.name,
+                c.quantization,
+                str(c.max_model_len),
+                str(c.max_sequences),
+                f"{c.timing.ttft_ms:.0f}",
+                f"{c.timing.tpot_ms:.1f}",
+                f"{c.timing.output_tokens_per_second:.0f}",
+                f"{c.cost_per_hour:.2f}",
+                f"{c.cost_per_million:.3f}",
+            ]
+        )
+    if result.chosen is None:
+        out.append(f"{model}: no feasible plan")
+    else:
+        c = result.chosen
+        out.append(f"{model}: {c.label}, {result.replicas} replica(s)")
+        out.append(
+            f"  weights {c.fit.weights_bytes / GIB:.1f} GiB/GPU, KV cache "
+            f"{c.fit.kv_bytes / GIB:.1f} GiB/GPU = {c.fit.max_kv_tokens} tokens; "
+            f"{c.batch} concurrent sequences at the workload's lengths"
+        )
+        if result.alternatives:
+            nxt = result.alternatives[0]
+            extra = (nxt.cost_per_million / c.cost_per_million - 1) * 100
+            out.append(
+                f"  why: cheapest $/1M output tokens that fits memory, SLOs and budget; "
+                f"next best {nxt.label} costs {extra:+.0f}% per token"
+            )
+        out.append("")
+        out.append(_table(rows))
+    if result.rejected:
+        out.append("")
+        out.append("rejected (closest first):")
+        out.extend(f"  {r.label}: {r.reason}" for r in result.rejected)
+    return "\n".join(out)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    spec = load_llmdeployment(Path(args.file)).spec if args.file else _spec_from_flags(args)
+    try:
+        result = plan(spec, catalog)
+    except PlanInputError as err:
+        raise UsageError(str(err)) from err
+    if args.output == "json":
+        print(json.dumps(plan_json(result), indent=2))
+    else:
+        print(plan_text(spec.model.name, result))
+    return 0 if result.chosen else 1
+
+
+ESTIMATE_KEYS = (
+    "fits",
+    "weightsGiBPerGpu",
+    "kvCacheBytesPerToken",
+    "kvCacheGiBPerGpu",
+    "maxKvTokens",
+    "maxConcurrentSequences",
+    "ttftMs",
+    "tpotMs",
+    "outputTokensPerSecond",
+    "costPerHour",
+    "costPerMillionOutputTokens",
+)
+
+
+def estimate_json(
+    catalog: Catalog,
+    model: str,
+    quantization: str,
+    gpu_name: str,
+    gpus: int,
+    tensor_parallel: int,
+    pipeline_parallel: int,
+    engine: str,
+    request: Request,
+) -> dict[str, Any]:
+    """Evaluate one explicit layout; the keys are the CLI contract (`ESTIMATE_KEYS`).
+
+    Raises:
+        UsageError: unknown names or inconsistent GPU counts.
+    """
+    try:
+        arch = catalog.model(model).architecture
+        gpu = catalog.gpu(gpu_name)
+    except UnknownNameError as err:
+        flag = "--model" if err.kind == "model" else "--gpu"
+        raise UsageError(f"{flag}: {err}") from err
+    if tensor_parallel * pipeline_parallel != gpus:
+        raise UsageError(
+            f"--gpus {gpus} must equal --tensor-parallel {tensor_parallel} x "
+            f"--pipeline-parallel {pipeline_parallel}"
+        )
+    profile = ENGINE_PROFILES[engine]
+    out = evaluate(arch, gpu, profile, quantization, tensor_parallel, pipeline_parallel, request)
+    kv_dtype = memory.kv_dtype_bytes(quantization, request.fp8_kv_cache)
+    body: dict[str, Any] = dict.fromkeys(ESTIMATE_KEYS)
+    body["kvCacheBytesPerToken"] = memory.kv_bytes_per_token(arch, kv_dtype)
+    body["weightsGiBPerGpu"] = round(memory.weight_bytes(arch, quantization) / gpus / GIB, 3)
+    if isinstance(out, Rejection):
+        body.update(fits=False, reason=out.reason)
+        return body
+    status = out.to_status()
+    body.update(
+        fits=True,
+        weightsGiBPerGpu=round(out.fit.weights_bytes / GIB, 3),
+        kvCacheGiBPerGpu=round(out.fit.kv_bytes / GIB, 3),
+        maxKvTokens=out.fit.max_kv_tokens,
+        maxConcurrentSequences=out.max_sequences,
+        ttftMs=status.ttft_ms,
+        tpotMs=status.tpot_ms,
+        outputTokensPerSecond=status.output_tokens_per_second,
+        costPerHour=status.cost_per_hour,
+        costPerMillionOutputTokens=status.cost_per_million_output_tokens,
+    )
+    return body
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    quant = _check_choice("--quantization", args.quantization, QUANTIZATIONS[1:])
+    engine = _check_choice("--engine", args.engine, ENGINES[1:])
+    request = Request(
+        input_tokens=args.input_tokens,
+        output_tokens=args.output_tokens,
+        concurrency=args.concurrency,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        fp8_kv_cache=args.fp8_kv_cache,
+    )
+    body = estimate_json(
+        _catalog(args),
+        args.model,
+        quant,
+        args.gpu,
+        args.gpus,
+        args.tensor_parallel,
+        args.pipeline_parallel,
+        engine,
+        request,
+    )
+    if args.output == "json":
+        print(json.dumps(body, indent=2))
+    else:
+        print("\n".join(f"{k}: {v}" for k, v in body.items()))
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Plan and render the Kubernetes objects of an LLMDeployment file (the GitOps path)."""
+    llmd = load_llmdeployment(Path(args.file))
+    try:
+        objects = render_for(llmd, _catalog(args), monitoring=args.monitoring)
+    except (RenderError, PlanInputError) as err:
+        raise UsageError(str(err)) from err
+    sys.stdout.write(to_yaml(objects))
+    return 0
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    sys.stdout.write(crd_gen.crd_yaml())
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    if args.what == "models":
+        rows = [["MODEL", "PARAMS", "LAYERS", "KV HEADS", "MAX CONTEXT", "ALIASES"]]
+        for m in catalog.models:
+            a = m.architecture
+            rows.append(
+                [
+                    m.name,
+                    f"{memory.total_params(a) / 1e9:.1f}B",
+                    str(a.layers),
+                    str(a.kv_heads_or_default),
+                    str(a.max_context),
+                    ", ".join(m.aliases),
+                ]
+            )
+    else:
+        rows = [["GPU", "MEMORY GiB", "GB/s", "FP16 TFLOPS", "PER NODE", "$/HR", "ALIASES"]]
+        for g in catalog.gpus:
+            rows.append(
+                [
+                    g.name,
+                    f"{g.memory_gib:g}",
+                    f"{g.memory_bandwidth_gbps:g}",
+                    f"{g.fp16_tflops:g}",
+                    str(g.gpus_per_node),
+                    f"{g.price_per_hour:.2f}",
+                    ", ".join(g.aliases),
+                ]
+            )
+    print(_table(rows))
+    return 0
+
+
+def _add_catalog_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-catalog", type=Path, help="models YAML replacing the built-in one")
+    p.add_argument("--gpu-catalog", type=Path, help="GPU YAML replacing the built-in one")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `llmctl` (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(prog="llmctl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="choose hardware, engine and context for a model")
+    p.add_argument("-f", "--file", help="an LLMDeployment YAML file")
+    p.add_argument("--model")
+    p.add_argument("--quantization", default="auto")
+    p.add_argument("--engine", default="auto")
+    p.add_argument("--context", type=int, help="maxModelLen (default auto)")
+    p.add_argument("--input-tokens", type=int, default=1024)
+    p.add_argument("--output-tokens", type=int, default=256)
+    p.add_argument("--concurrency", type=int)
+    p.add_argument("--gpu", action="append", help="allowed GPU type (repeatable)")
+    p.add_argument("--allow-cpu", action="store_true")
+    p.add_argument("--budget-per-hour", type=float)
+    p.add_argument("--output", choices=["table", "json"], default="table")
+    _add_catalog_flags(p)
+    p.set_defaults(func=cmd_plan)
+
+    e = sub.add_parser("estimate", help="predict memory, speed and cost of one explicit layout")
+    e.add_argument("--model", required=True)
+    e.add_argument("--quantization", required=True)
+    e.add_argument("--gpu", required=True)
+    e.add_argument("--gpus", type=int, required=True)
+    e.add_argument("--tensor-parallel", type=int, required=True)
+    e.add_argument("--pipeline-parallel", type=int, default=1)
+    e.add_argument("--engine", required=True)
+    e.add_argument("--input-tokens", type=int, required=True)
+    e.add_argument("--output-tokens", type=int, required=True)
+    e.add_argument("--concurrency", type=int, required=True)
+    e.add_argument("--max-model-len", type=int)
+    e.add_argument("--gpu-memory-utilization", type=float)
+    e.add_argument("--fp8-kv-cache", action="store_true")
+    e.add_argument("--output", choices=["text", "json"], default="text")
+    _add_catalog_flags(e)
+    e.set_defaults(func=cmd_estimate)
+
+    r = sub.add_parser("render", help="print the workload objects (kubectl apply -f -)")
+    r.add_argument("-f", "--file", required=True, help="an LLMDeployment YAML file")
+    r.add_argument("--monitoring", action="store_true", help="also render a PodMonitor")
+    _add_catalog_flags(r)
+    r.set_defaults(func=cmd_render)
+
+    c = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
+    c.set_defaults(func=cmd_crd)
+
+    k = sub.add_parser("catalog", help="list catalog models or GPUs")
+    k.add_argument("what", choices=["models", "gpus"])
+    _add_catalog_flags(k)
+    k.set_defaults(func=cmd_catalog)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `llmctl` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except UsageError as err:
+        print(f"llmctl: {err}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

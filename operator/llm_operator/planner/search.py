@@ -1,0 +1,506 @@
+"""Plan search: every GPU type x TP x PP x quantization x engine, cheapest that fits.
+
+`evaluate()` sizes one candidate layout (memory, context, concurrency, timing, cost) or
+says why it is rejected; `plan()` enumerates candidates for an LLMDeployment spec and ranks
+the feasible ones by $ per million output tokens, ties broken by fewer GPUs. Pure: the
+operator passes in the GPU types the cluster has. Called by `llmctl` and the reconciler.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from llm_operator.api.v1alpha1 import Architecture, LLMDeploymentSpec, PlanStatus
+from llm_operator.catalog import GIB, Catalog, GpuType, UnknownNameError
+from llm_operator.planner import cost, memory, timing
+from llm_operator.planner.engines import ENGINES, EngineProfile
+
+# `quantization: auto` considers only formats that keep quality close to the checkpoint:
+# 16-bit, FP8 on GPUs with FP8 tensor cores, and GGUF q8_0 for llama.cpp. 4-bit formats
+# are chosen only when asked for.
+AUTO_QUANTIZATIONS = ("bf16", "fp8", "q8_0")
+ENGINE_PREFERENCE = ("vllm", "tgi", "llamacpp")
+KV_BLOCK_TOKENS = 16  # vLLM's default paged-attention block size
+CONTEXT_GRANULE = 256  # `maxModelLen: auto` is rounded down to a multiple of this
+
+
+class PlanInputError(ValueError):
+    """The spec cannot be planned as written (names the field and the fix)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A feasible layout with its predictions (per replica)."""
+
+    gpu: GpuType
+    engine: EngineProfile
+    quantization: str
+    tensor_parallel: int
+    pipeline_parallel: int
+    nodes: int
+    fit: memory.MemoryFit
+    max_model_len: int
+    max_sequences: int
+    batch: int
+    timing: timing.Timing
+    cost_per_hour: float
+    cost_per_million: float
+
+    @property
+    def gpus(self) -> int:
+        """Devices per replica (TP x PP)."""
+        return self.tensor_parallel * self.pipeline_parallel
+
+    @property
+    def label(self) -> str:
+        """Short human name, e.g. `H100-SXM-80GB x2 (TP2 PP1) vllm fp8`."""
+        return (
+            f"{self.gpu.name} x{self.gpus} (TP{self.tensor_parallel} PP{self.pipeline_parallel})"
+            f" {self.engine.name} {self.quantization}"
+        )
+
+    def to_status(self) -> PlanStatus:
+        """The plan as written to `status.plan`."""
+        return PlanStatus(
+            gpu=self.gpu.name,
+            gpus_per_replica=self.gpus,
+            tensor_parallel=self.tensor_parallel,
+            pipeline_parallel=self.pipeline_parallel,
+            nodes_per_replica=self.nodes,
+            engine=self.engine.name,
+            quantization=self.quantization,
+            max_model_len=self.max_model_len,
+            max_concurrent_sequences=self.max_sequences,
+            weights_gib_per_gpu=round(self.fit.weights_bytes / GIB, 2),
+            kv_cache_gib_per_gpu=round(max(0, self.fit.kv_bytes) / GIB, 2),
+            ttft_ms=round(self.timing.ttft_ms, 1),
+            tpot_ms=round(self.timing.tpot_ms, 2),
+            output_tokens_per_second=round(self.timing.output_tokens_per_second, 1),
+            cost_per_hour=round(self.cost_per_hour, 4),
+            cost_per_million_output_tokens=round(self.cost_per_million, 4),
+        )
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A layout that does not work, and why.
+
+    Attributes:
+        label: the layout, e.g. `A10G-24GB x1 (TP1 PP1) vllm bf16`.
+        reason: one sentence naming the limit and the numbers.
+        shortfall: how far off it is (needed / available, >= 1); lower is closer.
+    """
+
+    label: str
+    reason: str
+    shortfall: float = math.inf
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything `evaluate` needs beyond the layout, taken from the spec or the CLI."""
+
+    input_tokens: int = 1024
+    output_tokens: int = 256
+    concurrency: int | None = None
+    max_model_len: int | None = None  # None: auto
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    max_cost_per_hour: float | None = None
+    max_cost_per_million: float | None = None
+    min_replicas: int = 1
+    fp8_kv_cache: bool = False
+    gpu_memory_utilization: float | None = None
+
+    @classmethod
+    def from_spec(cls, spec: LLMDeploymentSpec) -> Request:
+        """The planning request an LLMDeployment spec makes."""
+        slo = spec.workload.slo
+        mml = spec.context.max_model_len
+        return cls(
+            input_tokens=spec.workload.input_tokens,
+            output_tokens=spec.workload.output_tokens,
+            concurrency=spec.workload.concurrency,
+            max_model_len=None if mml == "auto" else int(mml),
+            ttft_ms=slo.ttft_ms_p95 if slo else None,
+            tpot_ms=slo.tpot_ms_p95 if slo else None,
+            max_cost_per_hour=spec.budget.max_cost_per_hour,
+            max_cost_per_million=spec.budget.max_cost_per_million_tokens,
+            min_replicas=max(1, spec.scaling.min_replicas),
+            fp8_kv_cache=spec.features.fp8_kv_cache,
+        )
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """The outcome of a search.
+
+    Attributes:
+        chosen: the best candidate, or None when nothing is feasible.
+        alternatives: the next best feasible candidates (best first).
+        rejected: the closest infeasible candidates (closest first).
+        replicas: replicas needed for the workload's target tokens/s (at least minReplicas).
+    """
+
+    chosen: Candidate | None
+    alternatives: list[Candidate] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    replicas: int = 1
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def _tp_valid(arch: Architecture, tp: int) -> str | None:
+    """vLLM/TGI shard attention heads evenly; KV heads split or replicate evenly."""
+    kvh = arch.kv_heads_or_default
+    if arch.attention_heads % tp:
+        return f"{arch.attention_heads} attention heads are not divisible by TP {tp}"
+    if not arch.is_mla and kvh % tp and tp % kvh:
+        return f"{kvh} KV heads neither divide nor are divided by TP {tp}"
+    return None
+
+
+def _sequence_tokens(arch: Architecture, length: int) -> int:
+    """KV tokens one sequence holds, rounded up to whole paged-attention blocks."""
+    tokens = memory.kv_tokens_per_sequence(arch, length)
+    return max(KV_BLOCK_TOKENS, math.ceil(tokens / KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS)
+
+
+def _max_len_that_fits(arch: Architecture, kv_tokens: int) -> int:
+    """Longest sequence whose KV fits in `kv_tokens` (sliding windows stretch it)."""
+    if arch.sliding_window is not None and arch.sliding_window_layers in (None, arch.layers):
+        return arch.max_context if kv_tokens >= arch.sliding_window else kv_tokens
+    lo, hi = 0, arch.max_context
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if memory.kv_tokens_per_sequence(arch, mid) <= kv_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _largest_batch(
+    layout: timing.Layout, req: Request, limit: int
+) -> tuple[int, timing.Timing, str | None]:
+    """Largest batch <= limit that meets the SLOs (predictions worsen with batch)."""
+
+    def misses(t: timing.Timing) -> str | None:
+        if req.ttft_ms is not None and t.ttft_ms > req.ttft_ms:
+            return f"TTFT {t.ttft_ms:.0f} ms > SLO {req.ttft_ms:.0f} ms"
+        if req.tpot_ms is not None and t.tpot_ms > req.tpot_ms:
+            return f"TPOT {t.tpot_ms:.1f} ms > SLO {req.tpot_ms:.1f} ms"
+        return None
+
+    def at(batch: int) -> timing.Timing:
+        return timing.predict(layout, req.input_tokens, req.output_tokens, batch)
+
+    best = at(limit)
+    if misses(best) is None:
+        return limit, best, None
+    one = at(1)
+    if (why := misses(one)) is not None:
+        return 1, one, why
+    lo, hi = 1, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if misses(at(mid)) is None:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo, at(lo), None
+
+
+def evaluate(
+    arch: Architecture,
+    gpu: GpuType,
+    engine: EngineProfile,
+    quantization: str,
+    tensor_parallel: int,
+    pipeline_parallel: int,
+    req: Request,
+    gpus_per_node: int | None = None,
+) -> Candidate | Rejection:
+    """Size one layout for a request, or say why it cannot serve it.
+
+    Args:
+        arch: model shape.
+        gpu: device type.
+        engine: serving engine profile.
+        quantization: concrete weight format.
+        tensor_parallel: TP degree.
+        pipeline_parallel: PP degree.
+        req: workload, context, SLOs and budget.
+        gpus_per_node: overrides the catalog's GPUs per node.
+
+    Returns:
+        A Candidate with its predictions, or a Rejection with the reason.
+    """
+    tp, pp = tensor_parallel, pipeline_parallel
+    per_node = gpus_per_node or gpu.gpus_per_node
+    label = f"{gpu.name} x{tp * pp} (TP{tp} PP{pp}) {engine.name} {quantization}"
+
+    def reject(reason: str, shortfall: float = math.inf) -> Rejection:
+        return Rejection(label, reason, shortfall)
+
+    if quantization not in engine.quantizations:
+        return reject(f"{engine.name} does not serve {quantization} weights")
+    if gpu.is_cpu and not engine.runs_on_cpu:
+        return reject(f"{engine.name} needs a GPU")
+    if tp > 1 and not engine.tensor_parallel:
+        return reject(f"{engine.name} does not shard a replica (tensor parallel)")
+    if pp > 1 and not engine.pipeline_parallel:
+        return reject(f"{engine.name} does not split layers over GPUs (pipeline parallel)")
+    if tp > per_node:
+        return reject(f"TP {tp} exceeds {per_node} GPUs per node")
+    if tp * pp > per_node and tp != per_node:
+        return reject("a multi-node replica must use whole nodes for TP")
+    if pp > arch.layers:
+        return reject(f"PP {pp} exceeds {arch.layers} layers")
+    if (why := _tp_valid(arch, tp)) is not None:
+        return reject(why)
+
+    mem = engine.memory
+    if req.gpu_memory_utilization is not None:
+        mem = replace(mem, utilization=req.gpu_memory_utilization)
+    if gpu.is_cpu:
+        mem = replace(mem, non_torch_gib=0.0)
+    fit = memory.memory_fit(arch, gpu, quantization, tp, pp, mem, req.fp8_kv_cache)
+    if not fit.weights_fit:
+        needed = fit.weights_bytes + fit.overhead_bytes
+        return reject(
+            f"weights {_gib(fit.weights_bytes)} + engine overhead {_gib(fit.overhead_bytes)} "
+            f"> {_gib(fit.usable_bytes)} usable per device",
+            needed / fit.usable_bytes,
+        )
+
+    if req.max_model_len is not None and req.max_model_len > arch.max_context:
+        return reject(
+            f"maxModelLen {req.max_model_len} exceeds the model's maximum context "
+            f"{arch.max_context}"
+        )
+    workload_len = req.input_tokens + req.output_tokens
+    seq_tokens = _sequence_tokens(arch, workload_len)
+    fits_len = _max_len_that_fits(arch, fit.max_kv_tokens)
+    if engine.name == "llamacpp":
+        # llama-server splits -c evenly over --parallel slots.
+        slots = max(1, min(engine.max_sequences, fit.max_kv_tokens // seq_tokens))
+        if req.max_model_len is not None:
+            slots = max(1, min(slots, fit.max_kv_tokens // max(1, req.max_model_len)))
+        fits_len = min(fits_len, _max_len_that_fits(arch, fit.max_kv_tokens // slots))
+    max_model_len = req.max_model_len or min(
+        arch.max_context, fits_len // CONTEXT_GRANULE * CONTEXT_GRANULE or fits_len
+    )
+    if max_model_len > fits_len:
+        return reject(
+            f"KV cache holds {fits_len} tokens ({_gib(fit.kv_bytes)}) < maxModelLen "
+            f"{max_model_len}",
+            max_model_len / max(1, fits_len),
+        )
+    if max_model_len < workload_len:
+        return reject(
+            f"maxModelLen {max_model_len} < input + output tokens {workload_len}",
+            workload_len / max(1, max_model_len),
+        )
+    if engine.name == "llamacpp":
+        max_sequences = slots
+    else:
+        max_sequences = min(engine.max_sequences, fit.max_kv_tokens // seq_tokens)
+
+    layout = timing.Layout(
+        arch=arch,
+        gpu=gpu,
+        quantization=quantization,
+        tensor_parallel=tp,
+        pipeline_parallel=pp,
+        kv_bytes_per_token_per_gpu=fit.kv_bytes_per_token,
+        efficiency=engine.efficiency,
+    )
+    limit = min(req.concurrency or max_sequences, max_sequences)
+    batch, predicted, slo_miss = _largest_batch(layout, req, limit)
+    if slo_miss is not None:
+        return reject(f"misses the SLO even with one sequence: {slo_miss}")
+    dollars = cost.cost_per_hour(gpu, 1 if gpu.is_cpu else tp * pp)
+    per_million = cost.cost_per_million_tokens(dollars, predicted.output_tokens_per_second)
+    floor_cost = dollars * req.min_replicas
+    if req.max_cost_per_hour is not None and floor_cost > req.max_cost_per_hour:
+        return reject(
+            f"{req.min_replicas} replica(s) cost ${floor_cost:.2f}/h > budget "
+            f"${req.max_cost_per_hour:.2f}/h",
+            floor_cost / req.max_cost_per_hour,
+        )
+    if req.max_cost_per_million is not None and per_million > req.max_cost_per_million:
+        return reject(
+            f"${per_million:.2f} per 1M output tokens > budget ${req.max_cost_per_million:.2f}",
+            per_million / req.max_cost_per_million,
+        )
+    return Candidate(
+        gpu=gpu,
+        engine=engine,
+        quantization=quantization,
+        tensor_parallel=tp,
+        pipeline_parallel=pp,
+        nodes=math.ceil(tp * pp / per_node),
+        fit=fit,
+        max_model_len=max_model_len,
+        max_sequences=max_sequences,
+        batch=batch,
+        timing=predicted,
+        cost_per_hour=dollars,
+        cost_per_million=per_million,
+    )
+
+
+def resolve_architecture(spec: LLMDeploymentSpec, catalog: Catalog) -> Architecture:
+    """The spec's inline architecture, else the catalog's.
+
+    Raises:
+        PlanInputError: naming spec.model.name and the closest catalog names.
+    """
+    if spec.model.architecture is not None:
+        return spec.model.architecture
+    try:
+        return catalog.model(spec.model.name).architecture
+    except UnknownNameError as err:
+        raise PlanInputError(
+            f"spec.model.name: {err}. Use a catalog model or set spec.model.architecture"
+        ) from err
+
+
+def _gpu_types(
+    spec: LLMDeploymentSpec, catalog: Catalog, available: frozenset[str] | None
+) -> list[GpuType]:
+    """GPU types allowed by the spec, present in the cluster (or provisionable)."""
+    try:
+        allowed = [catalog.gpu(n) for n in spec.hardware.gpu_types] or [
+            g for g in catalog.gpus if not g.is_cpu
+        ]
+        provisionable = {catalog.gpu(n).name for n in spec.hardware.provisionable_gpu_types}
+    except UnknownNameError as err:
+        raise PlanInputError(f"spec.hardware: {err}") from err
+    if spec.hardware.allow_cpu:
+        allowed += [g for g in catalog.gpus if g.is_cpu and g not in allowed]
+    else:
+        allowed = [g for g in allowed if not g.is_cpu]
+    if available is None:
+        return allowed
+    return [g for g in allowed if g.name in available or g.name in provisionable or g.provisionable]
+
+
+def _layouts(arch: Architecture, per_node: int, engine: EngineProfile) -> list[tuple[int, int]]:
+    """TP x PP pairs worth trying: TP a power of two within a node, PP over up to 8 nodes."""
+    tps = [t for t in (1, 2, 4, 8, 16) if t <= per_node] if engine.tensor_parallel else [1]
+    pps = range(1, min(arch.layers, 8 * per_node) + 1) if engine.pipeline_parallel else [1]
+    return [
+        (tp, pp)
+        for tp in tps
+        for pp in pps
+        if (tp * pp <= per_node or tp == per_node) and pp <= max(2, 8 * per_node // tp)
+    ]
+
+
+def plan(
+    spec: LLMDeploymentSpec,
+    catalog: Catalog,
+    available_gpus: frozenset[str] | None = None,
+    keep: int = 5,
+) -> PlanResult:
+    """Choose the cheapest feasible layout for an LLMDeployment spec.
+
+    Args:
+        spec: the LLMDeployment spec.
+        catalog: models and GPU types.
+        available_gpus: catalog GPU names present in the cluster; None means any.
+        keep: how many alternatives and rejections to report.
+
+    Returns:
+        The chosen candidate (or None), alternatives, closest rejections, replicas.
+
+    Raises:
+        PlanInputError: when the spec names an unknown model or GPU type.
+    """
+    arch = resolve_architecture(spec, catalog)
+    req = Request.from_spec(spec)
+    gpus = _gpu_types(spec, catalog, available_gpus)
+    quantizations = AUTO_QUANTIZATIONS if spec.quantization == "auto" else (spec.quantization,)
+    engines = ENGINE_PREFERENCE if spec.engine == "auto" else (spec.engine,)
+
+    feasible: list[Candidate] = []
+    rejected: list[Rejection] = []
+    for gpu in gpus:
+        per_node = spec.hardware.gpus_per_node or gpu.gpus_per_node
+        for engine_name in engines:
+            engine = ENGINES[engine_name]
+            for quant in quantizations:
+                if spec.quantization == "auto" and quant == "fp8" and not gpu.supports_fp8:
+                    continue
+                if quant not in engine.quantizations:
+                    if spec.engine != "auto" and spec.quantization != "auto":
+                        rejected.append(
+                            Rejection(
+                                f"{gpu.name} {engine.name} {quant}",
+                                f"{engine.name} does not serve {quant} weights",
+                            )
+                        )
+                    continue
+                if gpu.is_cpu and not engine.runs_on_cpu:
+                    continue
+                best_reject: Rejection | None = None
+                for tp, pp in _layouts(arch, per_node if not gpu.is_cpu else 1, engine):
+                    out = evaluate(arch, gpu, engine, quant, tp, pp, req, per_node)
+                    if isinstance(out, Candidate):
+                        feasible.append(out)
+                    elif best_reject is None or out.shortfall < best_reject.shortfall:
+                        best_reject = out
+                if best_reject is not None and not any(
+                    c.gpu == gpu and c.engine == engine and c.quantization == quant
+                    for c in feasible
+                ):
+                    rejected.append(best_reject)
+
+    order = {name: i for i, name in enumerate(ENGINE_PREFERENCE)}
+    feasible.sort(
+        key=lambda c: (round(c.cost_per_million, 4), c.gpus, order[c.engine.name], c.gpu.name)
+    )
+    rejected.sort(key=lambda r: r.shortfall)
+    if not feasible:
+        return PlanResult(chosen=None, rejected=rejected[:keep], replicas=0)
+    chosen = feasible[0]
+    return PlanResult(
+        chosen=chosen,
+        alternatives=_distinct(feasible[1:], keep),
+        rejected=rejected[:keep],
+        replicas=initial_replicas(spec, chosen),
+    )
+
+
+def _distinct(candidates: list[Candidate], keep: int) -> list[Candidate]:
+    """The best candidate of each (GPU, engine, quantization), so alternatives differ."""
+    seen: set[tuple[str, str, str]] = set()
+    out: list[Candidate] = []
+    for c in candidates:
+        key = (c.gpu.name, c.engine.name, c.quantization)
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+        if len(out) == keep:
+            break
+    return out
+
+
+def initial_replicas(spec: LLMDeploymentSpec, chosen: Candidate) -> int:
+    """Replicas for the target tokens/s at the target utilisation, within min/max and budget."""
+    scaling = spec.scaling
+    wanted = scaling.min_replicas
+    target = spec.workload.target_output_tokens_per_second
+    if target is not None:
+        per_replica = chosen.timing.output_tokens_per_second * scaling.target_utilization
+        wanted = max(wanted, math.ceil(target / per_replica))
+    wanted = min(max(wanted, scaling.min_replicas), scaling.max_replicas)
+    if spec.budget.max_cost_per_hour is not None:
+        wanted = min(wanted, int(spec.budget.max_cost_per_hour // chosen.cost_per_hour))
+    # NOTE: minReplicas 0 still starts one replica; scale to zero happens after idling.
+    return max(wanted, 1)

@@ -1,0 +1,68 @@
+"""Operator settings, read once from the environment into one frozen dataclass.
+
+Called by `__main__` (to configure Kopf) and by the handlers (to reach catalogs, field
+manager and Prometheus). Every variable is prefixed `LLM_OPERATOR_`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+FIELD_MANAGER = "llm-operator"
+ANNOTATION_PREFIX = "serving.llm-operator.io"
+
+
+def _path(name: str) -> Path | None:
+    value = os.environ.get(name, "").strip()
+    return Path(value) if value else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration of the operator.
+
+    Attributes:
+        namespace: watch only this namespace; empty watches all.
+        gpu_catalog: GPU catalog file (the chart mounts its ConfigMap here); None: built-in.
+        model_catalog: model catalog file; None: built-in.
+        prometheus_url: where the autoscaler queries engine metrics; empty disables it.
+        metrics_port: port of the operator's own Prometheus metrics.
+        health_port: port of the liveness endpoint (/healthz).
+        reconcile_interval_s: how often every LLMDeployment is re-checked for drift.
+        autoscale_interval_s: how often the autoscaler runs per LLMDeployment.
+        query_timeout_s: timeout of each Prometheus query.
+        peering: Kopf peering name for HA ("" runs standalone).
+        monitoring: render PodMonitors (Prometheus Operator present).
+    """
+
+    namespace: str = ""
+    gpu_catalog: Path | None = None
+    model_catalog: Path | None = None
+    prometheus_url: str = ""
+    metrics_port: int = 8080
+    health_port: int = 8081
+    reconcile_interval_s: float = 30.0
+    autoscale_interval_s: float = 15.0
+    query_timeout_s: float = 5.0
+    peering: str = ""
+    monitoring: bool = False
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Settings from `LLM_OPERATOR_*` environment variables."""
+        env = os.environ.get
+        return cls(
+            namespace=env("LLM_OPERATOR_NAMESPACE", ""),
+            gpu_catalog=_path("LLM_OPERATOR_GPU_CATALOG"),
+            model_catalog=_path("LLM_OPERATOR_MODEL_CATALOG"),
+            prometheus_url=env("LLM_OPERATOR_PROMETHEUS_URL", ""),
+            metrics_port=int(env("LLM_OPERATOR_METRICS_PORT", "8080")),
+            health_port=int(env("LLM_OPERATOR_HEALTH_PORT", "8081")),
+            reconcile_interval_s=float(env("LLM_OPERATOR_RECONCILE_INTERVAL", "30")),
+            autoscale_interval_s=float(env("LLM_OPERATOR_AUTOSCALE_INTERVAL", "15")),
+            query_timeout_s=float(env("LLM_OPERATOR_QUERY_TIMEOUT", "5")),
+            peering=env("LLM_OPERATOR_PEERING", ""),
+            monitoring=env("LLM_OPERATOR_MONITORING", "false").lower() == "true",
+        )

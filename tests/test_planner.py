@@ -1,0 +1,137 @@
+"""Plan search over the built-in catalog: choices, rejections, constraints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_operator.api.v1alpha1 import LLMDeployment
+from llm_operator.catalog import Catalog
+from llm_operator.planner import timing
+from llm_operator.planner.engines import VLLM
+from llm_operator.planner.search import Candidate, PlanInputError, Request, evaluate, plan
+from tests.conftest import EXAMPLES, make_spec
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: Path(p).stem)
+def test_every_example_has_a_feasible_plan(path: Path, catalog: Catalog) -> None:
+    spec = LLMDeployment.model_validate(yaml.safe_load(path.read_text())).spec
+    result = plan(spec, catalog)
+    assert result.chosen is not None, [r.reason for r in result.rejected]
+    c = result.chosen
+    assert c.tensor_parallel * c.pipeline_parallel == c.gpus
+    assert c.max_model_len <= c.fit.max_kv_tokens or c.engine.name == "llamacpp"
+    if spec.budget.max_cost_per_hour:
+        assert c.cost_per_hour * result.replicas <= spec.budget.max_cost_per_hour
+
+
+def test_405b_multinode_example_spans_nodes(catalog: Catalog) -> None:
+    path = next(p for p in EXAMPLES if "405b" in p.name)
+    spec = LLMDeployment.model_validate(yaml.safe_load(path.read_text())).spec
+    chosen = plan(spec, catalog).chosen
+    assert chosen is not None
+    assert chosen.nodes >= 2
+    assert chosen.tensor_parallel == 4
+
+
+def test_impossible_model_lists_reasons(catalog: Catalog) -> None:
+    spec = make_spec(
+        model={"name": "meta-llama/Llama-3.1-405B-Instruct"},
+        quantization="fp16",
+        hardware={"gpuTypes": ["A10G"]},
+    )
+    result = plan(spec, catalog)
+    assert result.chosen is None
+    assert result.rejected
+    assert any("GiB" in r.reason and "usable" in r.reason for r in result.rejected)
+
+
+def test_weights_that_do_not_fit_name_the_numbers(catalog: Catalog) -> None:
+    arch = catalog.model("llama-3.1-70b").architecture
+    out = evaluate(arch, catalog.gpu("H100"), VLLM, "bf16", 1, 1, Request())
+    assert not isinstance(out, Candidate)
+    assert out.reason.startswith("weights 131.4 GiB")
+    assert "usable per device" in out.reason
+
+
+def test_unknown_model_is_a_plan_input_error(catalog: Catalog) -> None:
+    with pytest.raises(PlanInputError, match=r"spec.model.name.*closest"):
+        plan(make_spec(model={"name": "meta-llama/Llama-3.1-8B-Instrct"}), catalog)
+
+
+def test_auto_context_is_capped_by_the_model(catalog: Catalog) -> None:
+    chosen = plan(make_spec(hardware={"gpuTypes": ["H100"]}), catalog).chosen
+    assert chosen is not None
+    assert chosen.max_model_len == catalog.model("llama-3.1-8b").architecture.max_context
+
+
+def test_auto_context_is_capped_by_memory(catalog: Catalog) -> None:
+    chosen = plan(make_spec(hardware={"gpuTypes": ["A10G"]}), catalog).chosen
+    assert chosen is not None
+    assert chosen.max_model_len < 131072
+    assert chosen.max_model_len % 256 == 0
+    assert chosen.max_model_len <= chosen.fit.max_kv_tokens
+
+
+def test_budget_rejects_layouts_that_cost_too_much(catalog: Catalog) -> None:
+    spec = make_spec(hardware={"gpuTypes": ["H100"]}, budget={"maxCostPerHour": 0.5})
+    result = plan(spec, catalog)
+    assert result.chosen is None
+    assert any("budget" in r.reason for r in result.rejected)
+
+
+def test_slo_limits_the_batch(catalog: Catalog) -> None:
+    free = plan(make_spec(hardware={"gpuTypes": ["H100"]}), catalog).chosen
+    tight = plan(
+        make_spec(hardware={"gpuTypes": ["H100"]}, workload={"slo": {"tpotMsP95": 15}}), catalog
+    ).chosen
+    assert free is not None and tight is not None
+    assert tight.timing.tpot_ms <= 15
+    assert tight.batch < free.batch
+
+
+def test_cluster_awareness_restricts_gpu_types(catalog: Catalog) -> None:
+    spec = make_spec(quantization="auto", engine="auto")
+    only_l4 = plan(spec, catalog, available_gpus=frozenset({"L4-24GB"})).chosen
+    assert only_l4 is not None and only_l4.gpu.name == "L4-24GB"
+    assert plan(spec, catalog, available_gpus=frozenset()).chosen is None
+
+
+def test_chosen_is_cheapest_per_token(catalog: Catalog) -> None:
+    result = plan(make_spec(quantization="auto", engine="auto"), catalog)
+    assert result.chosen is not None
+    for alt in result.alternatives:
+        assert result.chosen.cost_per_million <= alt.cost_per_million + 1e-9
+
+
+def test_target_rate_sets_replicas_within_budget(catalog: Catalog) -> None:
+    spec = make_spec(
+        hardware={"gpuTypes": ["A10G"]},
+        workload={"targetOutputTokensPerSecond": 100000},
+        scaling={"maxReplicas": 50},
+        budget={"maxCostPerHour": 5},
+    )
+    result = plan(spec, catalog)
+    assert result.chosen is not None
+    assert result.replicas * result.chosen.cost_per_hour <= 5
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 256),
+    extra=st.integers(1, 64),
+    input_tokens=st.integers(16, 4096),
+)
+def test_throughput_grows_and_latency_worsens_with_batch(
+    catalog: Catalog, batch: int, extra: int, input_tokens: int
+) -> None:
+    arch = catalog.model("llama-3.1-8b").architecture
+    layout = timing.Layout(arch, catalog.gpu("H100"), "bf16", 1, 1, 131072, VLLM.efficiency)
+    small = timing.predict(layout, input_tokens, 256, batch)
+    large = timing.predict(layout, input_tokens, 256, batch + extra)
+    assert large.output_tokens_per_second >= small.output_tokens_per_second * 0.999
+    assert large.tpot_ms >= small.tpot_ms
