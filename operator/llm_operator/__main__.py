@@ -1,0 +1,48 @@
+"""`llm-operator run` (and `python -m llm_operator run`): start the Kopf operator.
+
+Reads settings from the environment (`llm_operator.settings`), configures structured
+logging and the liveness endpoint, imports the handlers and hands control to Kopf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `llm-operator` argument parser."""
+    parser = argparse.ArgumentParser(prog="llm-operator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the operator against the current kubeconfig/cluster")
+    run.add_argument("--namespace", help="watch one namespace (default: all, or env)")
+    run.add_argument("--log-format", choices=["plain", "json"], default="json")
+    run.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `llm-operator` console script."""
+    args = build_parser().parse_args(argv)
+    import kopf  # imported late so `--help` stays fast
+
+    from llm_operator import handlers
+
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
+    )
+    namespace = args.namespace or handlers.SETTINGS.namespace
+    kopf.run(
+        clusterwide=not namespace,
+        namespaces=[namespace] if namespace else [],
+        liveness_endpoint=f"http://0.0.0.0:{handlers.SETTINGS.health_port}/healthz",
+        standalone=not handlers.SETTINGS.peering,
+        peering_name=handlers.SETTINGS.peering or None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The only module that talks to the Kubernetes API (official client, dynamic client).
+
+Reads nodes, children and pods; applies children with server-side apply under one field
+manager; deletes pruned children. API errors are translated into the operator's error
+classes here so the callers never see client exceptions. Called by `reconcile.apply`,
+the handlers and the autoscaler loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import (
+    ConflictError,
+    DynamicApiError,
+    NotFoundError,
+    ResourceNotFoundError,
+)
+
+from llm_operator.errors import InvalidSpecError, TransientError
+from llm_operator.settings import FIELD_MANAGER
+
+log = logging.getLogger(__name__)
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+# Kinds the renderer may produce, in apply order (a Service before its pods is harmless,
+# PDBs and monitors after the workload).
+CHILD_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "Service"),
+    ("apps/v1", "Deployment"),
+    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+)
+
+
+@dataclass(frozen=True)
+class NodeInventory:
+    """What the cluster's nodes offer.
+
+    Attributes:
+        gpu_products: values of nvidia.com/gpu.product on nodes with allocatable GPUs.
+        cpu_nodes: number of schedulable nodes without GPUs.
+    """
+
+    gpu_products: frozenset[str]
+    cpu_nodes: int
+
+
+def load_config(kubeconfig: str | None = None) -> None:
+    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+
+
+def _translate(err: Exception, what: str) -> Exception:
+    """Map client errors onto the operator's classification."""
+    if isinstance(err, ConflictError | ApiException) and getattr(err, "status", 0) == 409:
+        return TransientError(f"{what}: conflict, retrying", delay=2)
+    status = getattr(err, "status", 0) or 0
+    if status == 422:
+        # The apiserver rejected what we rendered: only overrides can make it invalid.
+        return InvalidSpecError("spec.overrides", f"{what} was rejected: {err}")
+    return TransientError(f"{what}: {err}", delay=10)
+
+
+class Kube:
+    """A thin facade over the Kubernetes API for the operator's needs."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api = api_client or client.ApiClient()
+
+    @cached_property
+    def dynamic(self) -> DynamicClient:
+        """The dynamic client (discovery runs once, on first use)."""
+        return DynamicClient(self.api)  # type: ignore[no-untyped-call]
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+
+    def has_kind(self, api_version: str, kind: str) -> bool:
+        """Whether the API server serves this kind (e.g. the LWS CRD is installed)."""
+        try:
+            self._resource(api_version, kind)
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def node_inventory(self) -> NodeInventory:
+        """GPU products and CPU-only nodes among the schedulable nodes."""
+        try:
+            nodes = client.CoreV1Api(self.api).list_node().items
+        except ApiException as err:
+            raise _translate(err, "listing nodes") from err
+        products: set[str] = set()
+        cpu_nodes = 0
+        for node in nodes:
+            if node.spec and node.spec.unschedulable:
+                continue
+            allocatable = (node.status and node.status.allocatable) or {}
+            labels = (node.metadata and node.metadata.labels) or {}
+            if str(allocatable.get(GPU_RESOURCE, "0")) not in ("0", ""):
+                if GPU_PRODUCT_LABEL in labels:
+                    products.add(labels[GPU_PRODUCT_LABEL])
+            else:
+                cpu_nodes += 1
+        return NodeInventory(frozenset(products), cpu_nodes)
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply one object under the operator's field manager.
+
+        Conflicts are forced: the operator owns every field it renders.
+        """
+        meta = obj["metadata"]
+        what = f"{obj['kind']} {meta.get('namespace', '')}/{meta['name']}"
+        try:
+            resource = self._resource(obj["apiVersion"], obj["kind"])
+            result = resource.server_side_apply(
+                body=obj,
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+            )
+        except ResourceNotFoundError as err:
+            raise TransientError(f"{what}: kind not served (is its CRD installed?)", 60) from err
+        except (DynamicApiError, ApiException) as err:
+            raise _translate(err, f"applying {what}") from err
+        return dict(result.to_dict())
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One object, or None when absent (or its kind is not served)."""
+        try:
+            found = self._resource(api_version, kind).get(name=name, namespace=namespace)
+        except (NotFoundError, ResourceNotFoundError):
+            return None
+        except (DynamicApiError, ApiException) as err:
+            raise _translate(err, f"reading {kind} {namespace}/{name}") from err
+        return dict(found.to_dict())
+
+    def list_labelled(
+        self, kinds: Iterable[tuple[str, str]], namespace: str, selector: str
+    ) -> list[dict[str, Any]]:
+        """Objects of the given kinds matching a label selector (kinds not served skipped)."""
+        out: list[dict[str, Any]] = []
+        for api_version, kind in kinds:
+            try:
+                items = self._resource(api_version, kind).get(
+                    namespace=namespace, label_selector=selector
+                )
+            except ResourceNotFoundError:
+                continue
+            except (DynamicApiError, ApiException) as err:
+                raise _translate(err, f"listing {kind} in {namespace}") from err
+            for item in items.items:
+                obj = dict(item.to_dict())
+                obj.setdefault("apiVersion", api_version)
+                obj.setdefault("kind", kind)
+                out.append(obj)
+        return out
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        """Delete one object (foreground: dependents first); absent is fine."""
+        meta = obj["metadata"]
+        try:
+            self._resource(obj["apiVersion"], obj["kind"]).delete(
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                body={"propagationPolicy": "Foreground"},
+            )
+        except (NotFoundError, ResourceNotFoundError):
+            return
+        except (DynamicApiError, ApiException) as err:
+            raise _translate(err, f"deleting {obj['kind']} {meta['name']}") from err
+
+    def pod_unschedulable(self, namespace: str, selector: str) -> str | None:
+        """The scheduler's message for one pending, unschedulable pod of the selector."""
+        try:
+            pods = (
+                client.CoreV1Api(self.api)
+                .list_namespaced_pod(namespace, label_selector=selector)
+                .items
+            )
+        except ApiException as err:
+            raise _translate(err, f"listing pods in {namespace}") from err
+        for pod in pods:
+            for c in (pod.status and pod.status.conditions) or []:
+                if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
+                    name = pod.metadata.name if pod.metadata else "?"
+                    return f"pod {name}: {c.message}"
+        return None

@@ -1,0 +1,29 @@
+"""The operator's own Prometheus metrics (prometheus-client), served on the metrics port.
+
+Updated by the handlers and the autoscaler loop; names are prefixed `llm_operator_`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter("llm_operator_reconcile_total", "Reconcile passes by result", ["result"])
+RECONCILE_SECONDS = Histogram(
+    "llm_operator_reconcile_duration_seconds", "Duration of one reconcile pass"
+)
+API_WRITES = Counter(
+    "llm_operator_api_writes_total", "Objects applied or deleted by the operator", ["verb"]
+)
+PLANNED_COST = Gauge(
+    "llm_operator_planned_cost_per_hour_dollars",
+    "Predicted USD per hour of all desired replicas",
+    ["namespace", "name"],
+)
+REPLICAS = Gauge(
+    "llm_operator_replicas", "Replicas per LLMDeployment", ["namespace", "name", "state"]
+)
+OBSERVED_TOKENS = Gauge(
+    "llm_operator_observed_output_tokens_per_second",
+    "Output tokens/s observed by the autoscaler",
+    ["namespace", "name"],
+)

@@ -1,0 +1,72 @@
+"""Execute a reconcile decision: server-side apply the children, prune stale ones.
+
+The side-effect half of `reconcile`; the decision itself is `desired.desired_state`.
+Called by the handlers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llm_operator.kube import CHILD_KINDS, Kube
+from llm_operator.reconcile import diff
+from llm_operator.reconcile.desired import LABEL_LLMD, ChildState
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    """What was written: kinds/names applied and pruned."""
+
+    applied: list[str]
+    pruned: list[str]
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def live_children(kube: Kube, owner: dict[str, Any]) -> dict[diff.Key, dict[str, Any]]:
+    """The owner's children as the API server has them, by identity."""
+    meta = owner["metadata"]
+    found = kube.list_labelled(CHILD_KINDS, meta["namespace"], f"{LABEL_LLMD}={meta['name']}")
+    return {diff.key(obj): obj for obj in found}
+
+
+def child_state(
+    kube: Kube, live: dict[diff.Key, dict[str, Any]], owner: dict[str, Any]
+) -> ChildState:
+    """Replica counts of the workload child and any scheduling problem."""
+    meta = owner["metadata"]
+    workload = next(
+        (o for o in live.values() if o["kind"] in ("Deployment", "LeaderWorkerSet")), None
+    )
+    if workload is None:
+        return ChildState()
+    status = workload.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    return ChildState(
+        exists=True,
+        replicas=int(status.get("replicas") or 0),
+        ready_replicas=ready,
+        updated_replicas=int(status.get("updatedReplicas") or 0),
+        unschedulable=kube.pod_unschedulable(meta["namespace"], f"{LABEL_LLMD}={meta['name']}"),
+    )
+
+
+def execute(
+    kube: Kube,
+    owner: dict[str, Any],
+    objects: list[dict[str, Any]],
+    prune: bool,
+    live: dict[diff.Key, dict[str, Any]],
+) -> ApplyReport:
+    """Apply what differs (in the renderer's order), then prune what is no longer rendered."""
+    owned = [diff.with_owner(obj, owner) for obj in objects]
+    applied = [_name(kube.apply(obj) | obj) for obj in diff.to_apply(owned, live)]
+    pruned: list[str] = []
+    if prune:
+        for obj in diff.to_prune(owned, live, owner["metadata"]["uid"]):
+            kube.delete(obj)
+            pruned.append(_name(obj))
+    return ApplyReport(applied=applied, pruned=pruned)

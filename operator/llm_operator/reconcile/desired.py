@@ -1,0 +1,203 @@
+"""Plan -> desired objects -> new status, as data (pure; no I/O).
+
+`desired_state()` is the whole reconcile decision: given the LLMDeployment, the catalog,
+what the cluster has (GPU types, children's state) it returns the objects to apply, the
+status to write and the events to post. `apply.py` executes it. Called by the handlers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_operator.api import conditions as cond
+from llm_operator.api.v1alpha1 import Condition, LLMDeployment, LLMDeploymentStatus, PlanStatus
+from llm_operator.catalog import Catalog, UnknownNameError
+from llm_operator.errors import InvalidSpecError
+from llm_operator.planner.search import PlanInputError, PlanResult, plan
+from llm_operator.render import render_objects
+
+LABEL_LLMD = "serving.llm-operator.io/llmdeployment"
+LABEL_ENGINE = "serving.llm-operator.io/engine"
+
+
+@dataclass(frozen=True)
+class ChildState:
+    """What the workload children report.
+
+    Attributes:
+        exists: whether the workload object (Deployment/LeaderWorkerSet) exists.
+        replicas: pods (groups) that exist.
+        ready_replicas: ready ones.
+        updated_replicas: ones running the current template.
+        unschedulable: the scheduler's message for a pending pod, if any.
+    """
+
+    exists: bool = False
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    unschedulable: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event to post on the LLMDeployment."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The outcome of one reconcile decision.
+
+    Attributes:
+        objects: children to apply (empty when there is no plan).
+        prune: whether children not in `objects` should be deleted (False keeps the
+            running workload when a new spec cannot be planned).
+        status: the status to write.
+        events: events worth posting.
+    """
+
+    objects: list[dict[str, Any]]
+    prune: bool
+    status: LLMDeploymentStatus
+    events: list[Event] = field(default_factory=list)
+
+
+def _rejections(result: PlanResult) -> str:
+    parts = [f"{r.label}: {r.reason}" for r in result.rejected[:3]]
+    return "no layout fits; closest: " + "; ".join(parts) if parts else "no GPU type available"
+
+
+def _choose_plan(
+    llmd: LLMDeployment, catalog: Catalog, available_gpus: frozenset[str] | None
+) -> tuple[PlanStatus | None, PlanResult | None, str]:
+    """Keep the current plan while the spec is unchanged; re-plan when it changed."""
+    status = llmd.status
+    generation = llmd.metadata.get("generation")
+    if status is not None and status.plan is not None and status.observed_generation == generation:
+        return status.plan, None, "unchanged"
+    try:
+        result = plan(llmd.spec, catalog, available_gpus)
+    except PlanInputError as err:
+        field_name = str(err).split(":", 1)[0]
+        raise InvalidSpecError(field_name, str(err).split(":", 1)[1].strip()) from err
+    reason = "spec changed" if status is not None and status.plan is not None else "new"
+    return (result.chosen.to_status() if result.chosen else None), result, reason
+
+
+def _replicas(llmd: LLMDeployment, result: PlanResult | None) -> int:
+    spec = llmd.spec
+    if spec.scaling.mode == "external" and spec.replicas is not None:
+        return spec.replicas
+    status = llmd.status
+    if status is not None and status.desired_replicas is not None and result is None:
+        return status.desired_replicas
+    if result is not None:
+        return result.replicas
+    return max(1, spec.scaling.min_replicas)
+
+
+def desired_state(
+    llmd: LLMDeployment,
+    catalog: Catalog,
+    available_gpus: frozenset[str] | None,
+    children: ChildState,
+    monitoring: bool = False,
+    now: str | None = None,
+) -> Desired:
+    """Decide children, status and events for one LLMDeployment.
+
+    Args:
+        llmd: the custom object (with metadata.generation and current status).
+        catalog: models and GPU types.
+        available_gpus: catalog GPU names present in the cluster; None: any.
+        children: what the workload reports now.
+        monitoring: render a PodMonitor.
+        now: timestamp for condition transitions (tests pin it).
+
+    Raises:
+        InvalidSpecError: the spec names an unknown model or GPU type.
+    """
+    generation = llmd.metadata.get("generation")
+    old = llmd.status or LLMDeploymentStatus()
+    conditions: Sequence[Condition] = old.conditions
+    events: list[Event] = []
+    chosen, result, why = _choose_plan(llmd, catalog, available_gpus)
+
+    def put(type_: str, status: cond.Status, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = cond.set_condition(conditions, type_, status, reason, message, generation, now)
+
+    if chosen is None:
+        assert result is not None
+        message = _rejections(result)
+        put(cond.PLANNED, "False", "NoFeasiblePlan", message)
+        put(cond.READY, "False", "NoFeasiblePlan", message)
+        if old.plan is None:
+            put(cond.PROGRESSING, "False", "NoFeasiblePlan", message)
+        before = cond.get_condition(old.conditions, cond.PLANNED)
+        if before is None or (before.reason, before.message) != ("NoFeasiblePlan", message):
+            events.append(Event("Warning", "NoFeasiblePlan", message))
+        status = old.model_copy(
+            update={"conditions": list(conditions), "observed_generation": generation}
+        )
+        return Desired(objects=[], prune=False, status=status, events=events)
+
+    try:
+        gpu = catalog.gpu(chosen.gpu)
+        entry = (
+            catalog.model(llmd.spec.model.name) if llmd.spec.model.architecture is None else None
+        )
+    except UnknownNameError as err:
+        raise InvalidSpecError("spec.model.name", str(err)) from err
+    replicas = _replicas(llmd, result)
+    objects = render_objects(llmd, chosen, gpu, replicas, entry, monitoring=monitoring)
+
+    summary = (
+        f"{chosen.gpu} x{chosen.gpus_per_replica} (TP{chosen.tensor_parallel} "
+        f"PP{chosen.pipeline_parallel}) {chosen.engine} {chosen.quantization}, "
+        f"max-model-len {chosen.max_model_len}, ${chosen.cost_per_hour:.2f}/h per replica"
+    )
+    if why != "unchanged":
+        if why == "new":
+            events.append(Event("Normal", "Planned", summary))
+        else:
+            events.append(Event("Normal", "Replanned", f"spec changed: {summary}"))
+    put(cond.PLANNED, "True", "Planned", summary)
+
+    ready, updated = children.ready_replicas, children.updated_replicas
+    if not children.exists:
+        put(cond.PROGRESSING, "True", "Creating", "creating the workload")
+    elif updated < replicas or ready < replicas:
+        put(cond.PROGRESSING, "True", "RollingOut", f"{ready}/{replicas} replicas ready")
+    else:
+        put(cond.PROGRESSING, "False", "Complete", f"{ready}/{replicas} replicas ready")
+    if children.unschedulable:
+        put(cond.DEGRADED, "True", "Unschedulable", children.unschedulable)
+    else:
+        put(cond.DEGRADED, "False", "AsExpected", "")
+    if replicas == 0:
+        put(cond.READY, "True", "ScaledToZero", "no replicas wanted")
+    elif ready >= 1:
+        put(cond.READY, "True", "Serving", f"{ready}/{replicas} replicas ready")
+    else:
+        put(cond.READY, "False", "Pending", f"{ready}/{replicas} replicas ready")
+
+    status = old.model_copy(
+        update={
+            "observed_generation": generation,
+            "conditions": list(conditions),
+            "plan": chosen,
+            "replicas": children.replicas,
+            "ready_replicas": ready,
+            "desired_replicas": replicas,
+            "selector": f"{LABEL_LLMD}={llmd.metadata.get('name', '')}",
+            "cost_per_hour": round(chosen.cost_per_hour * max(children.replicas, 0), 4),
+        }
+    )
+    return Desired(objects=objects, prune=True, status=status, events=events)

@@ -1,0 +1,121 @@
+"""The reconcile decision (pure): plan, children, conditions, events, diff and prune."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from llm_operator.api.v1alpha1 import LLMDeployment
+from llm_operator.catalog import Catalog
+from llm_operator.reconcile import diff
+from llm_operator.reconcile.desired import ChildState, desired_state
+from tests.conftest import EXAMPLES
+
+NOW = "2026-11-25T00:00:00Z"
+LATER = "2026-11-25T01:00:00Z"
+
+
+def example(stem: str, generation: int = 1, status: dict[str, Any] | None = None) -> LLMDeployment:
+    path = next(p for p in EXAMPLES if stem in p.name)
+    doc = yaml.safe_load(path.read_text())
+    doc["metadata"].update(namespace="team-a", generation=generation, uid="uid-1")
+    if status is not None:
+        doc["status"] = status
+    return LLMDeployment.model_validate(doc)
+
+
+def cond(d: Any, type_: str) -> Any:
+    return next(c for c in d.status.conditions if c.type == type_)
+
+
+def test_new_object_is_planned_and_rendered(catalog: Catalog) -> None:
+    d = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
+    assert d.prune
+    kinds = {o["kind"] for o in d.objects}
+    assert "Deployment" in kinds and "Service" in kinds
+    assert d.status.plan is not None and d.status.plan.gpu == "A10G-24GB"
+    assert cond(d, "Planned").status == "True"
+    assert cond(d, "Ready").status == "False"
+    assert cond(d, "Progressing").reason == "Creating"
+    assert [e.reason for e in d.events] == ["Planned"]
+    assert d.status.observed_generation == 1
+
+
+def test_unchanged_spec_keeps_plan_and_conditions(catalog: Catalog) -> None:
+    first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
+    status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    again = desired_state(example("8b-a10g", status=status), catalog, None, ChildState(), now=LATER)
+    assert again.status == first.status
+    assert again.events == []
+    assert again.objects == first.objects
+
+
+def test_ready_flips_transition_time_only_on_change(catalog: Catalog) -> None:
+    first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
+    status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    running = ChildState(exists=True, replicas=1, ready_replicas=1, updated_replicas=1)
+    ready = desired_state(example("8b-a10g", status=status), catalog, None, running, now=LATER)
+    assert cond(ready, "Ready").status == "True"
+    assert cond(ready, "Ready").last_transition_time == LATER
+    assert cond(ready, "Planned").last_transition_time == NOW
+
+
+def test_spec_change_replans_with_an_event(catalog: Catalog) -> None:
+    first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
+    status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    changed = example("8b-a10g", generation=2, status=status)
+    changed = changed.model_copy(
+        update={"spec": changed.spec.model_copy(update={"quantization": "fp8"})}
+    )
+    d = desired_state(changed, catalog, None, ChildState(exists=True), now=LATER)
+    assert d.status.plan is not None and d.status.plan.quantization == "fp8"
+    assert [e.reason for e in d.events] == ["Replanned"]
+
+
+def test_no_feasible_plan_creates_nothing_and_says_why(catalog: Catalog) -> None:
+    llmd = example("8b-a10g")
+    llmd = llmd.model_copy(
+        update={
+            "spec": llmd.spec.model_copy(
+                update={
+                    "model": llmd.spec.model.model_copy(update={"name": "llama-3.1-405b"}),
+                    "quantization": "fp16",
+                }
+            )
+        }
+    )
+    d = desired_state(llmd, catalog, None, ChildState(), now=NOW)
+    assert d.objects == [] and not d.prune
+    ready = cond(d, "Ready")
+    assert (ready.status, ready.reason) == ("False", "NoFeasiblePlan")
+    assert "usable" in ready.message
+    assert [e.type for e in d.events] == ["Warning"]
+
+
+def test_cluster_without_the_gpu_type_is_infeasible(catalog: Catalog) -> None:
+    d = desired_state(example("8b-a10g"), catalog, frozenset({"H100-SXM-80GB"}), ChildState())
+    assert cond(d, "Planned").reason == "NoFeasiblePlan"
+
+
+def test_diff_ignores_server_defaults_and_detects_edits() -> None:
+    want = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+            "spec": {"replicas": 1, "template": {"spec": {"containers": [
+                {"name": "engine", "image": "a:1", "resources": {"limits": {"nvidia.com/gpu": 1}}}
+            ]}}}}  # fmt: skip
+    live = yaml.safe_load(yaml.safe_dump(want))
+    live["metadata"]["resourceVersion"] = "7"
+    live["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = "1"
+    live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+    assert diff.to_apply([want], {diff.key(live): live}) == []
+    live["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
+    assert diff.to_apply([want], {diff.key(live): live}) == [want]
+    assert diff.to_apply([want], {}) == [want]
+
+
+def test_prune_only_owned_children_not_rendered() -> None:
+    owned = {"apiVersion": "v1", "kind": "Service", "metadata": {
+        "name": "old", "ownerReferences": [{"uid": "uid-1"}]}}  # fmt: skip
+    foreign = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "theirs"}}
+    live = {diff.key(o): o for o in (owned, foreign)}
+    assert diff.to_prune([], live, "uid-1") == [owned]
