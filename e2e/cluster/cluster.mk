@@ -1,1 +1,23 @@
-# Local cluster targets (kwok + real control plane + Prometheus). Filled in by the cluster work.
+# Local cluster targets: a real control plane + kwok GPU nodes + engine metrics simulator
+# + Prometheus, all on 127.0.0.1 (docs/cluster.md). Included by the top-level Makefile.
+CLUSTER_SH := e2e/cluster/cluster.sh
+
+.PHONY: tools
+tools: ## Build or reuse the pinned cluster binaries (cache: ~/.cache/llm-operator)
+	@e2e/cluster/tools.sh
+
+.PHONY: cluster-up
+cluster-up: $(STAMP) ## Start the local kwok cluster, engine simulator and Prometheus
+	@$(CLUSTER_SH) up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and everything it started
+	@$(CLUSTER_SH) down
+
+.PHONY: cluster-status
+cluster-status: ## Show what of the local cluster runs
+	@$(CLUSTER_SH) status
+
+.PHONY: e2e-kind
+e2e-kind: $(STAMP) ## Run the e2e suite on a kind cluster with kwok GPU nodes (needs Docker)
+	@e2e/kind/run.sh

@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# The local e2e cluster: a real control plane (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler) run by `kwokctl --runtime binary` from the
+# binaries e2e/cluster/tools.sh builds, kwok fake GPU nodes (e2e/cluster/nodes.yaml),
+# the engine metrics simulator (e2e/sim/engine_sim.py) and a Prometheus that scrapes it.
+# Everything binds to 127.0.0.1 and nothing is downloaded at `up` time except, once,
+# Debian's prometheus package when /usr/bin/prometheus is missing.
+#
+#   cluster.sh up        bring everything up (a no-op when it is already up)
+#   cluster.sh down      stop everything, leaving no process behind
+#   cluster.sh status    what runs
+#   cluster.sh env       print the environment (KUBECONFIG, E2E_PROMETHEUS_URL, E2E_SIM_URL)
+#   cluster.sh obs-up KUBECONFIG   only the simulator + Prometheus, for a cluster that
+#   cluster.sh obs-down            is not local (kind, a real one)
+#
+# Environment: E2E_STATE_DIR (default e2e/.state), E2E_CLUSTER_NAME (llm-operator),
+# E2E_PROMETHEUS_PORT (9090), E2E_SIM_PORT (9400), E2E_APISERVER_PORT (0 = any free
+# port), E2E_PYTHON (.venv/bin/python), LLM_OPERATOR_CACHE (binary cache, see tools.sh).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+STATE="${E2E_STATE_DIR:-$REPO/e2e/.state}"
+CLUSTER_NAME="${E2E_CLUSTER_NAME:-llm-operator}"
+PROM_PORT="${E2E_PROMETHEUS_PORT:-9090}"
+SIM_PORT="${E2E_SIM_PORT:-9400}"
+APISERVER_PORT="${E2E_APISERVER_PORT:-0}"
+PYTHON="${E2E_PYTHON:-$REPO/.venv/bin/python}"
+KUBECONFIG_OUT="$STATE/kubeconfig"
+LOGS="$STATE/logs"
+
+BIN_DIR="$("$HERE/tools.sh" --print-bin-dir)"
+export PATH="$BIN_DIR:$PATH"
+export KWOK_WORKDIR="$STATE/kwok"
+
+log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf 'cluster.sh: %s\n' "$*" >&2; exit 1; }
+
+http_ok() { # url [timeout]
+  "$PYTHON" - "$1" "${2:-2}" <<'EOF' >/dev/null 2>&1
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:
+    sys.exit(0 if r.status == 200 else 1)
+EOF
+}
+
+port_busy() { # port
+  "$PYTHON" - "$1" <<'EOF'
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are fine
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(0)
+finally:
+    s.close()
+sys.exit(1)
+EOF
+}
+
+wait_for() { # description timeout_seconds command...
+  local what="$1" timeout="$2" start=$SECONDS
+  shift 2
+  until "$@"; do
+    ((SECONDS - start < timeout)) || die "timed out after ${timeout}s waiting for $what (logs: $LOGS)"
+    sleep 0.5
+  done
+}
+
+# --- background processes (pid files under $STATE, checked against their command line) --
+pid_alive() { # name marker
+  local pidfile="$STATE/$1.pid" pid
+  [[ -f "$pidfile" ]] || return 1
+  pid="$(cat "$pidfile")"
+  [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2"
+}
+
+start_bg() { # name command...
+  local name="$1"
+  shift
+  mkdir -p "$LOGS"
+  setsid nohup "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$STATE/$name.pid"
+}
+
+stop_bg() { # name marker
+  local name="$1" pid
+  if pid_alive "$name" "$2"; then
+    pid="$(cat "$STATE/$name.pid")"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.25
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    log "stopped $name (pid $pid)"
+  fi
+  rm -f "$STATE/$name.pid"
+}
+
+# --- Prometheus ------------------------------------------------------------------------
+ensure_prometheus() {
+  [[ -x /usr/bin/prometheus ]] && return 0
+  command -v apt-get >/dev/null || die "/usr/bin/prometheus is missing and there is no apt-get"
+  local sudo=() policy=/usr/sbin/policy-rc.d made_policy=""
+  [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
+  log "installing Debian's prometheus package (once)"
+  # policy-rc.d exit 101: the package's maintainer scripts must not start the service;
+  # this project runs /usr/bin/prometheus itself, on loopback, with its own config.
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+    "${sudo[@]}" chmod +x "$policy"
+    made_policy=1
+  fi
+  local rc=0
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends prometheus ||
+    { "${sudo[@]}" apt-get update && DEBIAN_FRONTEND=noninteractive \
+      "${sudo[@]}" apt-get install -y --no-install-recommends prometheus; } || rc=$?
+  [[ -n "$made_policy" ]] && "${sudo[@]}" rm -f "$policy"
+  [[ $rc -eq 0 ]] || die "apt-get install prometheus failed"
+  if command -v systemctl >/dev/null; then # no boot-time service either
+    "${sudo[@]}" systemctl disable prometheus >/dev/null 2>&1 || true
+    if systemctl is-system-running >/dev/null 2>&1; then
+      "${sudo[@]}" systemctl stop prometheus >/dev/null 2>&1 || true
+    fi
+  fi
+}
+
+prometheus_up() {
+  if pid_alive prometheus "$STATE/prometheus"; then
+    log "prometheus already running on 127.0.0.1:$PROM_PORT"
+    return 0
+  fi
+  ensure_prometheus
+  port_busy "$PROM_PORT" && die "127.0.0.1:$PROM_PORT is taken; set E2E_PROMETHEUS_PORT"
+  mkdir -p "$STATE/prometheus/data"
+  cat >"$STATE/prometheus/prometheus.yml" <<EOF
+# Generated by e2e/cluster/cluster.sh
+global:
+  scrape_interval: 2s
+  scrape_timeout: 2s
+  evaluation_interval: 2s
+scrape_configs:
+  - job_name: engine-sim
+    # The simulator's namespace/llmdeployment/pod labels are the target labels a
+    # PodMonitor would give the engines' series; keep them as they are.
+    honor_labels: true
+    static_configs:
+      - targets: ["127.0.0.1:$SIM_PORT"]
+EOF
+  start_bg prometheus /usr/bin/prometheus \
+    --config.file="$STATE/prometheus/prometheus.yml" \
+    --storage.tsdb.path="$STATE/prometheus/data" \
+    --storage.tsdb.retention.time=1d \
+    --web.listen-address="127.0.0.1:$PROM_PORT" \
+    --web.enable-lifecycle
+  wait_for "prometheus" 60 http_ok "http://127.0.0.1:$PROM_PORT/-/ready"
+  log "prometheus on http://127.0.0.1:$PROM_PORT"
+}
+
+sim_up() { # kubeconfig
+  if pid_alive engine-sim "engine_sim.py"; then
+    log "engine simulator already running on 127.0.0.1:$SIM_PORT"
+    return 0
+  fi
+  [[ -x "$PYTHON" ]] || die "$PYTHON is missing (run make venv)"
+  port_busy "$SIM_PORT" && die "127.0.0.1:$SIM_PORT is taken; set E2E_SIM_PORT"
+  start_bg engine-sim "$PYTHON" "$REPO/e2e/sim/engine_sim.py" \
+    --kubeconfig "$1" --host 127.0.0.1 --port "$SIM_PORT"
+  wait_for "engine simulator" 30 http_ok "http://127.0.0.1:$SIM_PORT/healthz"
+  log "engine simulator on http://127.0.0.1:$SIM_PORT"
+}
+
+obs_up() { # kubeconfig
+  mkdir -p "$STATE"
+  sim_up "$1"
+  prometheus_up
+}
+
+obs_down() {
+  stop_bg prometheus "$STATE/prometheus"
+  stop_bg engine-sim "engine_sim.py"
+}
+
+# --- kwok cluster ----------------------------------------------------------------------
+write_kwokctl_config() {
+  cat >"$STATE/kwokctl.yaml" <<EOF
+# Generated by e2e/cluster/cluster.sh: every component is a local binary from
+# $BIN_DIR, everything binds to 127.0.0.1.
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  runtime: binary
+  bindAddress: 127.0.0.1
+  kubeApiserverPort: $APISERVER_PORT
+  kubeApiserverBinary: $BIN_DIR/kube-apiserver
+  kubeControllerManagerBinary: $BIN_DIR/kube-controller-manager
+  kubeSchedulerBinary: $BIN_DIR/kube-scheduler
+  kubectlBinary: $BIN_DIR/kubectl
+  etcdBinary: $BIN_DIR/etcd
+  kwokControllerBinary: $BIN_DIR/kwok
+  cacheDir: $STATE/kwok/cache
+  quietPull: true
+EOF
+}
+
+cluster_exists() {
+  kwokctl get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"
+}
+
+apiserver_ready() {
+  kubectl --kubeconfig "$KUBECONFIG_OUT" get --raw /readyz >/dev/null 2>&1
+}
+
+cluster_up() {
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl; do
+    [[ -x "$BIN_DIR/$b" ]] || die "$BIN_DIR/$b is missing (run make tools)"
+  done
+  if cluster_exists; then
+    if [[ -f "$KUBECONFIG_OUT" ]] && apiserver_ready; then
+      log "kwok cluster $CLUSTER_NAME already running"
+      return 0
+    fi
+    # A stopped cluster (reboot, killed processes) is recreated, not restarted: a
+    # restarted kwok controller waits minutes for its old node leases to expire.
+    log "recreating the stopped kwok cluster $CLUSTER_NAME"
+    kwokctl -v WARN delete cluster --name "$CLUSTER_NAME" || true
+  fi
+  write_kwokctl_config
+  log "creating kwok cluster $CLUSTER_NAME (runtime binary)"
+  rm -f "$KUBECONFIG_OUT"
+  kwokctl -v WARN create cluster --name "$CLUSTER_NAME" --config "$STATE/kwokctl.yaml" \
+    --kubeconfig "$KUBECONFIG_OUT" --wait 2m
+  wait_for "kube-apiserver" 60 apiserver_ready
+  log "applying the node layout from e2e/cluster/nodes.yaml"
+  "$PYTHON" "$HERE/nodes.py" "$HERE/nodes.yaml" | kubectl --kubeconfig "$KUBECONFIG_OUT" apply -f - >/dev/null
+  kubectl --kubeconfig "$KUBECONFIG_OUT" wait --for=condition=Ready node --all --timeout=60s >/dev/null
+  # Pods need the namespace's default ServiceAccount, which kube-controller-manager creates.
+  wait_for "default ServiceAccount" 60 \
+    kubectl --kubeconfig "$KUBECONFIG_OUT" -n default get serviceaccount default -o name \
+    >/dev/null
+}
+
+write_env() { # kubeconfig
+  cat >"$STATE/env" <<EOF
+export KUBECONFIG=$1
+export E2E_PROMETHEUS_URL=http://127.0.0.1:$PROM_PORT
+export E2E_SIM_URL=http://127.0.0.1:$SIM_PORT
+EOF
+}
+
+cmd_up() {
+  local start=$SECONDS
+  [[ -x "$PYTHON" ]] || die "$PYTHON is missing (run make venv, or set E2E_PYTHON)"
+  mkdir -p "$STATE" "$LOGS"
+  "$HERE/tools.sh" etcd kwok k8s
+  cluster_up
+  obs_up "$KUBECONFIG_OUT"
+  write_env "$KUBECONFIG_OUT"
+  log "up in $((SECONDS - start))s"
+  log "  KUBECONFIG=$KUBECONFIG_OUT"
+  log "  prometheus http://127.0.0.1:$PROM_PORT   engine simulator http://127.0.0.1:$SIM_PORT"
+  log "  (source $STATE/env)"
+}
+
+leftover_pids() { # cluster components (a cached binary, run for this cluster) still alive
+  local p exe
+  for p in /proc/[0-9]*; do
+    exe="$(readlink -f "$p/exe" 2>/dev/null)" || continue
+    [[ "$exe" == "$BIN_DIR/"* ]] || continue
+    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$KWOK_WORKDIR/clusters/$CLUSTER_NAME/"; then
+      echo "${p#/proc/}"
+    fi
+  done
+}
+
+cmd_down() {
+  obs_down
+  if cluster_exists; then
+    log "deleting kwok cluster $CLUSTER_NAME"
+    kwokctl -v WARN delete cluster --name "$CLUSTER_NAME" || true
+  fi
+  local pid
+  for pid in $(leftover_pids); do
+    [[ "$pid" == "$$" ]] && continue
+    log "killing leftover process $pid"
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -f "$KUBECONFIG_OUT" "$STATE/env"
+  log "down"
+}
+
+cmd_status() { # exit status 0 only when everything runs
+  local rc=0
+  if cluster_exists && [[ -f "$KUBECONFIG_OUT" ]] && apiserver_ready; then
+    log "kwok cluster $CLUSTER_NAME: running (KUBECONFIG=$KUBECONFIG_OUT)"
+  else
+    log "kwok cluster $CLUSTER_NAME: not running"
+    rc=1
+  fi
+  if pid_alive engine-sim engine_sim.py; then
+    log "engine simulator: running on http://127.0.0.1:$SIM_PORT"
+  else
+    log "engine simulator: stopped"
+    rc=1
+  fi
+  if pid_alive prometheus "$STATE/prometheus"; then
+    log "prometheus: running on http://127.0.0.1:$PROM_PORT"
+  else
+    log "prometheus: stopped"
+    rc=1
+  fi
+  return $rc
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) cat "$STATE/env" 2>/dev/null || die "not up" ;;
+  obs-up)
+    [[ -n "${2:-}" ]] || die "usage: cluster.sh obs-up KUBECONFIG"
+    obs_up "$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
+    write_env "$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
+    ;;
+  obs-down) obs_down ;;
+  *) die "usage: cluster.sh up|down|status|env|obs-up KUBECONFIG|obs-down" ;;
+esac

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Build (or reuse) the pinned binaries the local cluster runs on.
+#
+# Every binary comes from the Go module proxy through a wrapper module in
+# e2e/cluster/go/<group>/ (go.mod + go.sum are committed; they pin the versions).
+# Output goes to a cache OUTSIDE the checkout so a fresh clone on the same machine
+# reuses it:   ${LLM_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llm-operator}/bin
+# A stamp per binary records what it was built from; a binary whose stamp matches is
+# skipped, so a warm run takes well under a second.
+#
+# Usage: e2e/cluster/tools.sh [--print-bin-dir] [group...]   (groups: etcd kwok k8s helm)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${LLM_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llm-operator}"
+BIN_DIR="$CACHE/bin"
+STAMP_DIR="$CACHE/stamps"
+
+if [[ "${1:-}" == "--print-bin-dir" ]]; then
+  echo "$BIN_DIR"
+  exit 0
+fi
+
+# Pinned versions. They must agree with the wrapper go.mod files (checked below).
+K8S_VERSION=v1.34.4
+ETCD_VERSION=v3.6.16
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.22.0
+
+command -v go >/dev/null || { echo "tools.sh: Go is required (go 1.26+)" >&2; exit 1; }
+mkdir -p "$BIN_DIR" "$STAMP_DIR"
+
+export CGO_ENABLED=0
+export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod"
+# GOTOOLCHAIN=local: never download a different Go toolchain.
+export GOTOOLCHAIN=local
+
+log() { printf '[tools %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+require_pin() { # module dir, module path, version
+  grep -qE "^(require)?[[:space:]]*$2 $3( // indirect)?\$" "$HERE/go/$1/go.mod" || {
+    echo "tools.sh: $HERE/go/$1/go.mod does not require $2 $3" >&2
+    exit 1
+  }
+}
+
+# The stamp is the pinned version, the wrapper go.sum, the ldflags and the Go version:
+# any change to them rebuilds.
+stamp_of() { # group version ldflags
+  local sum
+  sum="$(cat "$HERE/go/$1/go.mod" "$HERE/go/$1/go.sum" | sha256sum | cut -c1-16)"
+  printf '%s %s go.sum:%s %s %s\n' "$1" "$2" "$sum" "$(go env GOVERSION)" \
+    "$(printf '%s' "$3" | sha256sum | cut -c1-16)"
+}
+
+# build GROUP VERSION LDFLAGS name=package...
+build() {
+  local group="$1" version="$2" ldflags="$3"
+  shift 3
+  local want todo=() names=() spec name
+  want="$(stamp_of "$group" "$version" "$ldflags")"
+  for spec in "$@"; do
+    name="${spec%%=*}"
+    if [[ -x "$BIN_DIR/$name" && -f "$STAMP_DIR/$name" && "$(cat "$STAMP_DIR/$name")" == "$want" ]]; then
+      log "$name $version: up to date"
+    else
+      todo+=("${spec#*=}")
+      names+=("$name")
+    fi
+  done
+  [[ ${#todo[@]} -eq 0 ]] && return 0
+  log "building ${names[*]} ($version) - a cold build takes several minutes"
+  local start=$SECONDS tmp
+  tmp="$(mktemp -d "$CACHE/build.XXXXXX")"
+  (cd "$HERE/go/$group" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "${todo[@]}")
+  for name in "${names[@]}"; do
+    # go build names a binary after the last path element of its package.
+    # (go.etcd.io/etcd/server/v3 builds as "server", the only file of its build).
+    local src="$tmp/$name" f
+    if [[ ! -f "$src" ]]; then
+      for f in "$tmp"/*; do src="$f"; done
+    fi
+    mv -f "$src" "$BIN_DIR/$name"
+    echo "$want" >"$STAMP_DIR/$name"
+  done
+  rm -rf "$tmp"
+  log "built ${names[*]} in $((SECONDS - start))s"
+}
+
+build_etcd() {
+  require_pin etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+  # The package go.etcd.io/etcd/server/v3 is the etcd server's main package ("v3").
+  build etcd "$ETCD_VERSION" \
+    "" \
+    "etcd=go.etcd.io/etcd/server/v3"
+}
+
+build_kwok() {
+  require_pin kwok sigs.k8s.io/kwok "$KWOK_VERSION"
+  build kwok "$KWOK_VERSION" \
+    "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$K8S_VERSION" \
+    "kwok=sigs.k8s.io/kwok/cmd/kwok" "kwokctl=sigs.k8s.io/kwok/cmd/kwokctl"
+}
+
+build_k8s() {
+  require_pin k8s k8s.io/kubernetes "$K8S_VERSION"
+  local major minor ld="" pkg
+  major="${K8S_VERSION#v}"; major="${major%%.*}"
+  minor="${K8S_VERSION#v*.}"; minor="${minor%%.*}"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  build k8s "$K8S_VERSION" "$ld" \
+    "kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver" \
+    "kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager" \
+    "kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler" \
+    "kubectl=k8s.io/kubernetes/cmd/kubectl"
+}
+
+build_helm() {
+  require_pin helm helm.sh/helm/v3 "$HELM_VERSION"
+  build helm "$HELM_VERSION" \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+    "helm=helm.sh/helm/v3/cmd/helm"
+}
+
+groups=("$@")
+[[ ${#groups[@]} -eq 0 ]] && groups=(etcd kwok k8s helm)
+total=$SECONDS
+for g in "${groups[@]}"; do
+  case "$g" in
+    etcd | kwok | k8s | helm) "build_$g" ;;
+    *) echo "tools.sh: unknown group $g (etcd kwok k8s helm)" >&2; exit 2 ;;
+  esac
+done
+log "binaries in $BIN_DIR ($((SECONDS - total))s)"

@@ -1,0 +1,227 @@
+"""Session plumbing for the e2e tests.
+
+* Every test under e2e/ gets the ``e2e`` marker.
+* ``cluster`` brings the local kwok cluster up with e2e/cluster/cluster.sh (and takes it
+  down at the end if it started it, unless ``E2E_KEEP_CLUSTER=1``), or, when
+  ``E2E_KUBECONFIG`` is set (kind, a real cluster), uses that cluster and starts only the
+  engine simulator + Prometheus locally (unless ``E2E_PROMETHEUS_URL`` and
+  ``E2E_SIM_URL`` point at running ones).
+* ``crds`` installs crds/*.yaml; ``namespace`` is a fresh namespace per test, deleted after.
+* A failed e2e test gets a dump of nodes, pods, events and LLMDeployments in its report.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from helpers import GROUP, PLURAL, VERSION, Cluster, eventually
+
+E2E_DIR = Path(__file__).resolve().parent
+REPO = E2E_DIR.parent
+CLUSTER_SH = E2E_DIR / "cluster" / "cluster.sh"
+CRD_DIR = REPO / "crds"
+STATE_DIR = Path(os.environ.get("E2E_STATE_DIR", E2E_DIR / ".state"))
+
+_api_key = pytest.StashKey[client.ApiClient]()
+_ns_key = pytest.StashKey[str]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_DIR in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CLUSTER_SH), *args], cwd=REPO, text=True, capture_output=True, check=False
+    )
+
+
+def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
+
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    keep = os.environ.get("E2E_KEEP_CLUSTER") == "1"
+    prom_port = os.environ.get("E2E_PROMETHEUS_PORT", "9090")
+    sim_port = os.environ.get("E2E_SIM_PORT", "9400")
+    prometheus_url = os.environ.get("E2E_PROMETHEUS_URL", f"http://127.0.0.1:{prom_port}")
+    sim_url = os.environ.get("E2E_SIM_URL", f"http://127.0.0.1:{sim_port}")
+    external = os.environ.get("E2E_KUBECONFIG")
+    stop: tuple[str, ...] = ()
+    if external:
+        kubeconfig = str(Path(external).resolve())
+        if not ("E2E_PROMETHEUS_URL" in os.environ and "E2E_SIM_URL" in os.environ):
+            _check(_run("obs-up", kubeconfig), "cluster.sh obs-up")
+            stop = ("obs-down",)
+    else:
+        kubeconfig = str(STATE_DIR / "kubeconfig")
+        was_up = _run("status").returncode == 0
+        if not was_up:
+            stop = ("down",)
+        proc = subprocess.run([str(CLUSTER_SH), "up"], cwd=REPO, text=True, check=False)
+        if proc.returncode != 0:
+            if stop and not keep:
+                _run(*stop)
+            raise RuntimeError("e2e/cluster/cluster.sh up failed (see the output above)")
+    api = config.new_client_from_config(config_file=kubeconfig)
+    request.config.stash[_api_key] = api
+    try:
+        yield Cluster(kubeconfig, prometheus_url, sim_url, api, local=not external)
+    finally:
+        api.close()
+        if stop and not keep:
+            _check(_run(*stop), f"cluster.sh {stop[0]}")
+
+
+@pytest.fixture(scope="session")
+def core(cluster: Cluster) -> client.CoreV1Api:
+    return client.CoreV1Api(cluster.api)
+
+
+@pytest.fixture(scope="session")
+def apps(cluster: Cluster) -> client.AppsV1Api:
+    return client.AppsV1Api(cluster.api)
+
+
+@pytest.fixture(scope="session")
+def custom(cluster: Cluster) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(cluster.api)
+
+
+@pytest.fixture(scope="session")
+def prometheus(cluster: Cluster) -> Any:
+    from prometheus_api_client import PrometheusConnect
+
+    prom = PrometheusConnect(url=cluster.prometheus_url, disable_ssl=True)
+    eventually(prom.check_prometheus_connection, timeout=30, description="prometheus is up")
+    return prom
+
+
+def crd_files() -> list[Path]:
+    return sorted(CRD_DIR.glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> list[str]:
+    """Install (create or replace) every CRD in crds/ and wait until it is Established."""
+    files = crd_files()
+    if not files:
+        pytest.skip("crds/ has no CRD yet")
+    ext = client.ApiextensionsV1Api(cluster.api)
+    names: list[str] = []
+    for path in files:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "CustomResourceDefinition":
+                continue
+            name = doc["metadata"]["name"]
+            try:
+                ext.create_custom_resource_definition(doc)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                current = ext.read_custom_resource_definition(name)
+                doc["metadata"]["resourceVersion"] = current.metadata.resource_version
+                ext.replace_custom_resource_definition(name, doc)
+            names.append(name)
+
+    def established() -> bool:
+        for name in names:
+            conds = ext.read_custom_resource_definition(name).status.conditions or []
+            assert any(c.type == "Established" and c.status == "True" for c in conds), name
+        return True
+
+    eventually(established, timeout=30, description="CRDs established")
+    return names
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace for one test, deleted (without waiting) afterwards."""
+    name = f"e2e-{uuid.uuid4().hex[:10]}"
+    core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(name=name, labels={"llm-operator.io/e2e": "true"})
+        )
+    )
+    # Pods need the default ServiceAccount, which kube-controller-manager adds shortly.
+    eventually(
+        lambda: core.read_namespaced_service_account("default", name),
+        timeout=30,
+        description=f"default ServiceAccount in {name}",
+    )
+    request.node.stash[_ns_key] = name
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and item.get_closest_marker("e2e") is not None:
+        api = item.config.stash.get(_api_key, None)
+        if api is not None:
+            try:
+                dump = _dump_cluster(api, item.stash.get(_ns_key, None))
+            except Exception as exc:  # the dump must never hide the failure
+                dump = f"(cluster dump failed: {exc!r})"
+            report.sections.append(("cluster state", dump))
+    return report
+
+
+def _dump_cluster(api: client.ApiClient, namespace: str | None) -> str:
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    out: list[str] = ["== nodes"]
+    for node in core.list_node().items:
+        alloc = node.status.allocatable or {}
+        ready = next((c.status for c in node.status.conditions or [] if c.type == "Ready"), "?")
+        out.append(
+            f"{node.metadata.name:16} ready={ready} gpu={alloc.get('nvidia.com/gpu', '-')} "
+            f"cpu={alloc.get('cpu')} mem={alloc.get('memory')} "
+            f"product={(node.metadata.labels or {}).get('nvidia.com/gpu.product', '-')}"
+        )
+    if namespace is None:
+        return "\n".join(out)
+    out.append(f"== pods in {namespace}")
+    for pod in core.list_namespaced_pod(namespace).items:
+        conds = ", ".join(
+            f"{c.type}={c.status}{f' ({c.reason}: {c.message})' if c.reason else ''}"
+            for c in pod.status.conditions or []
+        )
+        out.append(
+            f"{pod.metadata.name} phase={pod.status.phase} node={pod.spec.node_name} [{conds}]"
+        )
+    out.append(f"== events in {namespace}")
+    events = sorted(
+        core.list_namespaced_event(namespace).items,
+        key=lambda e: str(e.last_timestamp or e.event_time or ""),
+    )
+    for ev in events:
+        obj = ev.involved_object
+        out.append(f"{ev.type} {obj.kind}/{obj.name} {ev.reason}: {ev.message}")
+    out.append(f"== llmdeployments in {namespace}")
+    try:
+        llmds = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+        out.extend(yaml.safe_dump(obj, sort_keys=False) for obj in llmds)
+    except ApiException as exc:
+        out.append(f"(not listed: {exc.status} {exc.reason})")
+    return "\n".join(out)
