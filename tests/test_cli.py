@@ -144,3 +144,18 @@ def test_render_prints_applyable_documents(capsys: pytest.CaptureFixture[str]) -
     assert [d["kind"] for d in docs][:2] == ["Deployment", "Service"]
     args = docs[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--max-model-len" in args
+
+
+def test_a_reader_that_goes_away_is_not_a_crash() -> None:
+    """`llmctl render ... | head -1`: the closed pipe ends llmctl quietly, no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_operator.cli", "render", "-f", str(EXAMPLES[0])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # before llmctl has written anything: its first write hits EPIPE
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141
+    assert b"Traceback" not in err

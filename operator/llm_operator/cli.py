@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,8 +166,9 @@ def plan_text(model: str, result: PlanResult) -> str:
         out.append(f"{model}: {c.label}, {result.replicas} replica(s)")
         out.append(
             f"  weights {c.fit.weights_bytes / GIB:.1f} GiB/GPU, KV cache "
-            f"{c.fit.kv_bytes / GIB:.1f} GiB/GPU = {c.fit.max_kv_tokens} tokens; "
-            f"{c.batch} concurrent sequences at the workload's lengths"
+            f"{c.fit.kv_bytes / GIB:.1f} GiB/GPU = {c.fit.max_kv_tokens} tokens: room for "
+            f"{c.max_sequences} sequences at the workload's lengths; planned batch {c.batch}"
+            + (" (the most that meets the SLOs)" if c.batch < c.max_sequences else "")
         )
         if result.alternatives:
             nxt = result.alternatives[0]
@@ -412,6 +414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"llmctl: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # NOTE: the reader went away (`llmctl plan ... | head`): not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by the pipe
     return code
 
 
