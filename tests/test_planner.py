@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -70,8 +71,9 @@ def test_auto_context_is_capped_by_the_model(catalog: Catalog) -> None:
 
 
 def test_auto_context_is_capped_by_memory(catalog: Catalog) -> None:
-    chosen = plan(make_spec(hardware={"gpuTypes": ["A10G"]}), catalog).chosen
-    assert chosen is not None
+    one_gpu = {"gpuTypes": ["A10G"], "gpusPerNode": 1}
+    chosen = plan(make_spec(hardware=one_gpu), catalog).chosen
+    assert chosen is not None and chosen.gpus == 1
     assert chosen.max_model_len < 131072
     assert chosen.max_model_len % 256 == 0
     assert chosen.max_model_len <= chosen.fit.max_kv_tokens
@@ -96,9 +98,43 @@ def test_slo_limits_the_batch(catalog: Catalog) -> None:
 
 def test_cluster_awareness_restricts_gpu_types(catalog: Catalog) -> None:
     spec = make_spec(quantization="auto", engine="auto")
-    only_l4 = plan(spec, catalog, available_gpus=frozenset({"L4-24GB"})).chosen
+    only_l4 = plan(spec, catalog, available_gpus={"L4-24GB": 8}).chosen
     assert only_l4 is not None and only_l4.gpu.name == "L4-24GB"
-    assert plan(spec, catalog, available_gpus=frozenset()).chosen is None
+    assert plan(spec, catalog, available_gpus={}).chosen is None
+
+
+SPEC_8B_A10G: dict[str, Any] = {
+    "hardware": {"gpuTypes": ["A10G"]},
+    "workload": {"inputTokens": 1024, "outputTokens": 256, "concurrency": 32},
+}
+
+
+def test_cluster_node_size_bounds_tensor_parallelism(catalog: Catalog) -> None:
+    """One-GPU A10G nodes (g5.2xlarge) cannot host a TP2 pod, whatever the catalog says."""
+    spec = make_spec(**SPEC_8B_A10G)
+    anywhere = plan(spec, catalog).chosen
+    assert anywhere is not None and anywhere.tensor_parallel > 1  # room for the batch
+    one_gpu_nodes = plan(spec, catalog, available_gpus={"A10G-24GB": 1})
+    assert one_gpu_nodes.chosen is not None
+    assert (one_gpu_nodes.chosen.gpus, one_gpu_nodes.chosen.nodes) == (1, 1)
+    assert all(c.gpus // c.nodes <= 1 for c in one_gpu_nodes.alternatives)
+    # The spec's own gpusPerNode still bounds a layout on nodes that are larger.
+    two = make_spec(**{**SPEC_8B_A10G, "hardware": {"gpuTypes": ["A10G"], "gpusPerNode": 2}})
+    capped = plan(two, catalog, available_gpus={"A10G-24GB": 8}).chosen
+    assert capped is not None and capped.tensor_parallel * capped.pipeline_parallel <= 2
+
+
+def test_a_model_that_fits_one_node_is_not_spread_over_several(catalog: Catalog) -> None:
+    result = plan(make_spec(**SPEC_8B_A10G), catalog, available_gpus={"A10G-24GB": 1})
+    assert result.chosen is not None and result.chosen.nodes == 1
+    # ... while one that cannot fit a node still gets a multi-node layout.
+    big = make_spec(
+        model={"name": "meta-llama/Llama-3.1-405B-Instruct"},
+        quantization="fp8",
+        hardware={"gpuTypes": ["H100"], "gpusPerNode": 4},
+    )
+    spread = plan(big, catalog).chosen
+    assert spread is not None and spread.nodes > 1
 
 
 def test_chosen_is_cheapest_per_token(catalog: Catalog) -> None:

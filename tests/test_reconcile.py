@@ -94,7 +94,7 @@ def test_no_feasible_plan_creates_nothing_and_says_why(catalog: Catalog) -> None
 
 
 def test_cluster_without_the_gpu_type_is_infeasible(catalog: Catalog) -> None:
-    d = desired_state(example("8b-a10g"), catalog, frozenset({"H100-SXM-80GB"}), ChildState())
+    d = desired_state(example("8b-a10g"), catalog, {"H100-SXM-80GB": 8}, ChildState())
     assert cond(d, "Planned").reason == "NoFeasiblePlan"
 
 

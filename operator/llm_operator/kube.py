@@ -48,11 +48,12 @@ class NodeInventory:
     """What the cluster's nodes offer.
 
     Attributes:
-        gpu_products: values of nvidia.com/gpu.product on nodes with allocatable GPUs.
+        gpus_per_node: nvidia.com/gpu.product value -> the most GPUs allocatable on one
+            schedulable node with that product.
         cpu_nodes: number of schedulable nodes without GPUs.
     """
 
-    gpu_products: frozenset[str]
+    gpus_per_node: dict[str, int]
     cpu_nodes: int
 
 
@@ -98,24 +99,25 @@ class Kube:
         return True
 
     def node_inventory(self) -> NodeInventory:
-        """GPU products and CPU-only nodes among the schedulable nodes."""
+        """GPUs per node by product, and CPU-only nodes, among the schedulable nodes."""
         try:
             nodes = client.CoreV1Api(self.api).list_node().items
         except ApiException as err:
             raise _translate(err, "listing nodes") from err
-        products: set[str] = set()
+        per_node: dict[str, int] = {}
         cpu_nodes = 0
         for node in nodes:
             if node.spec and node.spec.unschedulable:
                 continue
             allocatable = (node.status and node.status.allocatable) or {}
             labels = (node.metadata and node.metadata.labels) or {}
-            if str(allocatable.get(GPU_RESOURCE, "0")) not in ("0", ""):
-                if GPU_PRODUCT_LABEL in labels:
-                    products.add(labels[GPU_PRODUCT_LABEL])
-            else:
+            gpus = int(str(allocatable.get(GPU_RESOURCE) or "0"))
+            if gpus == 0:
                 cpu_nodes += 1
-        return NodeInventory(frozenset(products), cpu_nodes)
+            elif GPU_PRODUCT_LABEL in labels:
+                product = labels[GPU_PRODUCT_LABEL]
+                per_node[product] = max(per_node.get(product, 0), gpus)
+        return NodeInventory(per_node, cpu_nodes)
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply one object under the operator's field manager.

@@ -573,6 +573,11 @@ class PlanStatus(ApiModel):
     max_concurrent_sequences: int = Field(
         ..., description="maxConcurrentSequences fit in the KV cache at the workload's lengths."
     )
+    max_num_batched_tokens: int | None = Field(
+        None,
+        description="maxNumBatchedTokens is the prefill token budget per engine step the "
+        "memory plan assumed (vLLM --max-num-batched-tokens).",
+    )
     weights_gib_per_gpu: float = Field(..., description="weightsGiBPerGpu is weight memory.")
     kv_cache_gib_per_gpu: float = Field(..., description="kvCacheGiBPerGpu is KV cache memory.")
     ttft_ms: float = Field(..., description="ttftMs is the predicted time to first token.")

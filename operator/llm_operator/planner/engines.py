@@ -7,8 +7,9 @@ The efficiencies are the planner's calibrated constants (see docs/planner.md and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from llm_operator.catalog import GpuType
 from llm_operator.planner.memory import EngineMemory
 
 
@@ -68,8 +69,9 @@ REFERENCE = Efficiency(
 )
 
 # vLLM: the memory split follows vLLM's profiler (gpu-memory-utilization 0.9 default,
-# max-num-batched-tokens 8192 profiling pass, non-torch 0.13 GiB measured in calibration
-# c20; NCCL/custom all-reduce buffers of ~0.5 GiB with TP > 1 are an assumption).
+# a profiling pass of max-num-batched-tokens, 8192 on large GPUs (see
+# `vllm_batched_tokens`), non-torch 0.13 GiB measured in calibration c20; NCCL/custom
+# all-reduce buffers of ~0.5 GiB with TP > 1 are an assumption).
 # NOTE: there is no public vLLM throughput row in the calibration data, so vLLM's
 # efficiencies are the reference scaled by assumption (python scheduler: more per-step
 # overhead, slightly lower achieved bandwidth); docs/planner.md states this.
@@ -138,3 +140,27 @@ LLAMACPP = EngineProfile(
 )
 
 ENGINES: dict[str, EngineProfile] = {e.name: e for e in (VLLM, TGI, LLAMACPP)}
+
+
+# `vllm serve` defaults max-num-batched-tokens to 8192 on GPUs with at least 70 GiB that
+# are not A100s, and to 2048 elsewhere (vllm/engine/arg_utils.py,
+# EngineArgs.get_batch_defaults, OPENAI_API_SERVER context, v0.9 to v0.12; A100 excluded
+# after vLLM PR #17885 measured lower throughput with the larger budget).
+VLLM_LARGE_GPU_GIB = 70.0
+VLLM_SMALL_GPU_BATCHED_TOKENS = 2048
+
+
+def memory_on(engine: EngineProfile, gpu: GpuType) -> EngineMemory:
+    """How `engine` carves up the memory of one `gpu`.
+
+    The renderer passes the batched-token budget to the engine explicitly
+    (`--max-num-batched-tokens`), so what the planner sizes is what the pod runs with.
+    """
+    mem = engine.memory
+    if gpu.is_cpu:
+        return replace(mem, non_torch_gib=0.0)
+    if engine.name == "vllm" and (
+        gpu.memory_gib < VLLM_LARGE_GPU_GIB or "A100" in gpu.name.upper()
+    ):
+        return replace(mem, batched_tokens=VLLM_SMALL_GPU_BATCHED_TOKENS)
+    return mem

@@ -9,12 +9,13 @@ operator passes in the GPU types the cluster has. Called by `llmctl` and the rec
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from llm_operator.api.v1alpha1 import Architecture, LLMDeploymentSpec, PlanStatus
 from llm_operator.catalog import GIB, Catalog, GpuType, UnknownNameError
 from llm_operator.planner import cost, memory, timing
-from llm_operator.planner.engines import ENGINES, EngineProfile
+from llm_operator.planner.engines import ENGINES, EngineProfile, memory_on
 
 # `quantization: auto` considers only formats that keep quality close to the checkpoint:
 # 16-bit, FP8 on GPUs with FP8 tensor cores, and GGUF q8_0 for llama.cpp. 4-bit formats
@@ -42,6 +43,7 @@ class Candidate:
     fit: memory.MemoryFit
     max_model_len: int
     max_sequences: int
+    batched_tokens: int
     batch: int
     timing: timing.Timing
     cost_per_hour: float
@@ -72,6 +74,7 @@ class Candidate:
             quantization=self.quantization,
             max_model_len=self.max_model_len,
             max_concurrent_sequences=self.max_sequences,
+            max_num_batched_tokens=self.batched_tokens,
             weights_gib_per_gpu=round(self.fit.weights_bytes / GIB, 2),
             kv_cache_gib_per_gpu=round(max(0, self.fit.kv_bytes) / GIB, 2),
             ttft_ms=round(self.timing.ttft_ms, 1),
@@ -263,11 +266,9 @@ def evaluate(
     if (why := _tp_valid(arch, tp)) is not None:
         return reject(why)
 
-    mem = engine.memory
+    mem = memory_on(engine, gpu)
     if req.gpu_memory_utilization is not None:
         mem = replace(mem, utilization=req.gpu_memory_utilization)
-    if gpu.is_cpu:
-        mem = replace(mem, non_torch_gib=0.0)
     fit = memory.memory_fit(arch, gpu, quantization, tp, pp, mem, req.fp8_kv_cache)
     if not fit.weights_fit:
         needed = fit.weights_bytes + fit.overhead_bytes
@@ -347,6 +348,7 @@ def evaluate(
         fit=fit,
         max_model_len=max_model_len,
         max_sequences=max_sequences,
+        batched_tokens=mem.batched_tokens,
         batch=batch,
         timing=predicted,
         cost_per_hour=dollars,
@@ -371,7 +373,7 @@ def resolve_architecture(spec: LLMDeploymentSpec, catalog: Catalog) -> Architect
 
 
 def _gpu_types(
-    spec: LLMDeploymentSpec, catalog: Catalog, available: frozenset[str] | None
+    spec: LLMDeploymentSpec, catalog: Catalog, available: Mapping[str, int] | None
 ) -> list[GpuType]:
     """GPU types allowed by the spec, present in the cluster (or provisionable)."""
     try:
@@ -390,6 +392,23 @@ def _gpu_types(
     return [g for g in allowed if g.name in available or g.name in provisionable or g.provisionable]
 
 
+def _gpus_per_node(
+    spec: LLMDeploymentSpec, gpu: GpuType, available: Mapping[str, int] | None
+) -> int:
+    """GPUs one node offers: the spec's override, else the catalog's, capped by the cluster.
+
+    NOTE: a cluster whose GPU nodes are smaller than the catalog's node size (one-GPU
+    g5.2xlarge rather than a g5.48xlarge) cannot schedule a pod asking for more, so the
+    nodes that exist bound tensor parallelism. A type absent from `available` is
+    provisionable and keeps its nominal size.
+    """
+    per_node = spec.hardware.gpus_per_node or gpu.gpus_per_node
+    in_cluster = (available or {}).get(gpu.name, 0)
+    if in_cluster > 0:
+        per_node = min(per_node, in_cluster)
+    return per_node
+
+
 def _layouts(arch: Architecture, per_node: int, engine: EngineProfile) -> list[tuple[int, int]]:
     """TP x PP pairs worth trying: TP a power of two within a node, PP over up to 8 nodes."""
     tps = [t for t in (1, 2, 4, 8, 16) if t <= per_node] if engine.tensor_parallel else [1]
@@ -405,7 +424,7 @@ def _layouts(arch: Architecture, per_node: int, engine: EngineProfile) -> list[t
 def plan(
     spec: LLMDeploymentSpec,
     catalog: Catalog,
-    available_gpus: frozenset[str] | None = None,
+    available_gpus: Mapping[str, int] | None = None,
     keep: int = 5,
 ) -> PlanResult:
     """Choose the cheapest feasible layout for an LLMDeployment spec.
@@ -413,7 +432,10 @@ def plan(
     Args:
         spec: the LLMDeployment spec.
         catalog: models and GPU types.
-        available_gpus: catalog GPU names present in the cluster; None means any.
+        available_gpus: what the cluster has: catalog GPU name -> the most GPUs
+            allocatable on one node of that type (0 for CPU classes). None means any
+            catalog type with its catalog node size. Provisionable types not in the
+            mapping keep their catalog node size.
         keep: how many alternatives and rejections to report.
 
     Returns:
@@ -431,7 +453,7 @@ def plan(
     feasible: list[Candidate] = []
     rejected: list[Rejection] = []
     for gpu in gpus:
-        per_node = spec.hardware.gpus_per_node or gpu.gpus_per_node
+        per_node = _gpus_per_node(spec, gpu, available_gpus)
         for engine_name in engines:
             engine = ENGINES[engine_name]
             for quant in quantizations:
@@ -462,8 +484,17 @@ def plan(
                     rejected.append(best_reject)
 
     order = {name: i for i, name in enumerate(ENGINE_PREFERENCE)}
+    # NOTE: a replica that spans nodes is ranked after every single-node one: it adds a
+    # network hop per step, a second failure domain and a LeaderWorkerSet, which is worth
+    # it only when the model does not fit one node (vLLM's distributed-serving guidance).
     feasible.sort(
-        key=lambda c: (round(c.cost_per_million, 4), c.gpus, order[c.engine.name], c.gpu.name)
+        key=lambda c: (
+            c.nodes > 1,
+            round(c.cost_per_million, 4),
+            c.gpus,
+            order[c.engine.name],
+            c.gpu.name,
+        )
     )
     rejected.sort(key=lambda r: r.shortfall)
     if not feasible:

@@ -7,7 +7,7 @@ status to write and the events to post. `apply.py` executes it. Called by the ha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,7 @@ def _rejections(result: PlanResult) -> str:
 
 
 def _choose_plan(
-    llmd: LLMDeployment, catalog: Catalog, available_gpus: frozenset[str] | None
+    llmd: LLMDeployment, catalog: Catalog, available_gpus: Mapping[str, int] | None
 ) -> tuple[PlanStatus | None, PlanResult | None, str]:
     """Keep the current plan while the spec is unchanged; re-plan when it changed."""
     status = llmd.status
@@ -105,7 +105,7 @@ def _replicas(llmd: LLMDeployment, result: PlanResult | None) -> int:
 def desired_state(
     llmd: LLMDeployment,
     catalog: Catalog,
-    available_gpus: frozenset[str] | None,
+    available_gpus: Mapping[str, int] | None,
     children: ChildState,
     monitoring: bool = False,
     now: str | None = None,
@@ -115,7 +115,8 @@ def desired_state(
     Args:
         llmd: the custom object (with metadata.generation and current status).
         catalog: models and GPU types.
-        available_gpus: catalog GPU names present in the cluster; None: any.
+        available_gpus: catalog GPU types in the cluster -> most GPUs on one node;
+            None: any type at its catalog node size.
         children: what the workload reports now.
         monitoring: render a PodMonitor.
         now: timestamp for condition transitions (tests pin it).

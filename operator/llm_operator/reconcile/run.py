@@ -44,17 +44,21 @@ def parse(body: dict[str, Any]) -> LLMDeployment:
         raise InvalidSpecError(field, first["msg"]) from err
 
 
-def available_gpus(inventory: NodeInventory, catalog: Catalog) -> frozenset[str]:
-    """Catalog names of the GPU types (and CPU classes) the cluster's nodes offer."""
-    names: set[str] = set()
-    for product in inventory.gpu_products:
+def available_gpus(inventory: NodeInventory, catalog: Catalog) -> dict[str, int]:
+    """Catalog GPU types the cluster's nodes offer, with the most GPUs one node has.
+
+    CPU classes map to 0 (they are not sized by GPUs) when CPU-only nodes exist.
+    """
+    found: dict[str, int] = {}
+    for product, gpus in inventory.gpus_per_node.items():
         try:
-            names.add(catalog.gpu(product).name)
+            name = catalog.gpu(product).name
         except UnknownNameError:
             continue  # a GPU the catalog does not know cannot be planned for
+        found[name] = max(found.get(name, 0), gpus)
     if inventory.cpu_nodes:
-        names.update(g.name for g in catalog.gpus if g.is_cpu)
-    return frozenset(names)
+        found.update({g.name: 0 for g in catalog.gpus if g.is_cpu})
+    return found
 
 
 def status_dict(desired: Desired) -> dict[str, Any]:

@@ -349,6 +349,7 @@ def _context(
         "plan": plan.model_dump(),
         "max_model_len": plan.max_model_len,
         "max_seqs": max(1, plan.max_concurrent_sequences),
+        "batched_tokens": plan.max_num_batched_tokens,
         "max_batch_total_tokens": max(
             plan.max_model_len,
             max(1, plan.max_concurrent_sequences)
