@@ -571,6 +571,9 @@ def test_invariants_over_plans(data: st.DataObject) -> None:
     else:
         assert per_pod * plan.nodes_per_replica == plan.gpus_per_replica
         assert per_pod <= gpu.gpus_per_node
+        # Host memory stays within what a node of that many GPUs offers (24 GiB per GPU).
+        host = c["resources"]["requests"]["memory"]
+        assert host.endswith("Gi") and float(host[:-2]) <= 24 * per_pod, host
     flags = flag_values(c["args"][1:] if plan.engine == "vllm" else c["args"])
     context = {"vllm": "--max-model-len", "tgi": "--max-total-tokens", "llamacpp": "-c"}
     assert int(flags[context[plan.engine]][0]) <= plan.max_model_len

@@ -136,6 +136,9 @@ class _Model:
     pvc: str | None = None
 
 
+# Host memory a GPU pod requests per GPU at most (see `_context`).
+HOST_MEMORY_GIB_PER_GPU = 24
+
 def _render(template: str, **ctx: Any) -> Any:
     return yaml.safe_load(_ENV.get_template(template).render(**ctx))
 
@@ -273,10 +276,15 @@ def _context(
         }
     else:
         resource = "amd.com/gpu" if gpu.vendor == "amd" else "nvidia.com/gpu"
+        # NOTE: host memory holds the process, tokenizer and the weights while they are
+        # streamed to the GPUs; safetensors are memory-mapped (reclaimable page cache), so
+        # the request need not hold them whole. Capped per GPU so a one-GPU node
+        # (g5.2xlarge, g6.2xlarge: 32 GiB, ~30 GiB allocatable) can take the pod; no limit.
+        host_gib = min(weights_per_pod + 16, HOST_MEMORY_GIB_PER_GPU * gpus_per_pod)
         resources = {
             "requests": {
                 "cpu": str(4 * gpus_per_pod),
-                "memory": _gib(weights_per_pod + 16),
+                "memory": _gib(host_gib),
                 resource: str(gpus_per_pod),
             },
             "limits": {resource: str(gpus_per_pod)},
