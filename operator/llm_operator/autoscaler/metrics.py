@@ -1,0 +1,259 @@
+"""Engine metrics for the autoscaler, read from Prometheus (prometheus-api-client).
+
+`observe()` runs one instant query per signal (output tokens/s, running and waiting
+requests, KV-cache usage) for one LLMDeployment and returns a plain
+`decide.Observation`. Every query carries a timeout (client side and Prometheus's own
+`timeout` parameter). A failed or empty token-rate query makes the whole observation
+unavailable, which `decide()` answers by keeping the replica count; a failed auxiliary
+query only leaves that field None. Called by the autoscaler loop; `make_client` builds the
+`PrometheusConnect` it passes in.
+
+Series are selected by the target labels the PodMonitor relabelling gives every engine
+pod, `namespace` and `llmdeployment` (the same labels e2e/sim/engine_sim.py writes).
+Metric names, from the engines' sources:
+
+* vLLM, `vllm/v1/metrics/loggers.py` (PrometheusStatLogger): counter
+  `vllm:generation_tokens` (exposed as `vllm:generation_tokens_total`), gauges
+  `vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc`
+  (0..1; `vllm:gpu_cache_usage_perc` before it, deprecated and no longer emitted).
+* TGI, `router/src/server.rs` and `backends/v3/src/{queue,backend}.rs`: histogram
+  `tgi_request_generated_tokens` (observed when a request ends, so its `_sum` lags by one
+  request's duration), gauges `tgi_queue_size` and `tgi_batch_current_size`; no KV gauge.
+* llama.cpp server, `tools/server` with `--metrics`: counter
+  `llamacpp:tokens_predicted_total`, gauges `llamacpp:requests_processing` and
+  `llamacpp:requests_deferred`. `llamacpp:kv_cache_usage_ratio` was removed upstream
+  (ggml-org/llama.cpp#13660); it is still queried for older builds and is None otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from string import Template
+from typing import Any, Final, Protocol
+
+import requests
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
+
+from llm_operator.autoscaler.decide import Observation
+
+RATE_WINDOW: Final = "1m"
+
+
+@dataclass(frozen=True)
+class EngineQueries:
+    """PromQL templates for one engine; `$selector` is the label matcher.
+
+    Attributes:
+        output_tokens_per_second: generated tokens/s summed over the pods.
+        running_requests: requests being generated, summed.
+        waiting_requests: requests queued, summed.
+        kv_cache_usage: mean KV-cache usage 0..1, or None when the engine has no gauge.
+    """
+
+    output_tokens_per_second: str
+    running_requests: str
+    waiting_requests: str
+    kv_cache_usage: str | None
+
+
+ENGINE_QUERIES: Final[dict[str, EngineQueries]] = {
+    "vllm": EngineQueries(
+        output_tokens_per_second=(
+            f"sum(rate(vllm:generation_tokens_total{{$selector}}[{RATE_WINDOW}]))"
+        ),
+        running_requests="sum(vllm:num_requests_running{$selector})",
+        waiting_requests="sum(vllm:num_requests_waiting{$selector})",
+        # NOTE: `or` keeps whichever of the two names a vLLM version exports.
+        kv_cache_usage=(
+            "avg(vllm:kv_cache_usage_perc{$selector} or vllm:gpu_cache_usage_perc{$selector})"
+        ),
+    ),
+    "tgi": EngineQueries(
+        output_tokens_per_second=(
+            f"sum(rate(tgi_request_generated_tokens_sum{{$selector}}[{RATE_WINDOW}]))"
+        ),
+        running_requests="sum(tgi_batch_current_size{$selector})",
+        waiting_requests="sum(tgi_queue_size{$selector})",
+        kv_cache_usage=None,
+    ),
+    "llamacpp": EngineQueries(
+        output_tokens_per_second=(
+            f"sum(rate(llamacpp:tokens_predicted_total{{$selector}}[{RATE_WINDOW}]))"
+        ),
+        running_requests="sum(llamacpp:requests_processing{$selector})",
+        waiting_requests="sum(llamacpp:requests_deferred{$selector})",
+        kv_cache_usage="avg(llamacpp:kv_cache_usage_ratio{$selector})",
+    ),
+}
+
+
+class QueryClient(Protocol):
+    """The part of `PrometheusConnect` this module uses (tests pass a fake)."""
+
+    def custom_query(self, query: str, params: dict[str, Any], timeout: int) -> Any:
+        """Run an instant query; return the `data.result` list."""
+
+
+class MetricsError(Exception):
+    """A query failed or returned something that is not a number."""
+
+
+def make_client(url: str, timeout_s: float) -> PrometheusConnect:
+    """A `PrometheusConnect` with a timeout on every request and no retries.
+
+    The library retries failed requests 3 times with backoff by default; the loop runs
+    again within seconds, so one attempt per query keeps a call within its timeout.
+
+    Args:
+        url: Prometheus base URL, e.g. http://prometheus-operated.monitoring:9090.
+        timeout_s: seconds allowed per query.
+
+    Returns:
+        The client.
+    """
+    return PrometheusConnect(url=url, timeout=_whole_seconds(timeout_s), retry=Retry(total=0))
+
+
+def selector(namespace: str, name: str) -> str:
+    """The label matcher selecting one LLMDeployment's pods, values escaped for PromQL."""
+    return f'namespace="{_escape(namespace)}",llmdeployment="{_escape(name)}"'
+
+
+def build_queries(
+    engine: str, namespace: str, name: str, tokens_query: str | None = None
+) -> EngineQueries:
+    """The PromQL for one LLMDeployment.
+
+    Args:
+        engine: `vllm`, `tgi` or `llamacpp` (status.plan.engine).
+        namespace: the LLMDeployment's namespace.
+        name: the LLMDeployment's name.
+        tokens_query: spec.scaling.tokensPerSecondQuery; `$namespace` and `$name` are
+            substituted, and it replaces the engine's token-rate query.
+
+    Returns:
+        The queries.
+
+    Raises:
+        ValueError: for an unknown engine.
+    """
+    try:
+        templates = ENGINE_QUERIES[engine]
+    except KeyError:
+        known = ", ".join(sorted(ENGINE_QUERIES))
+        raise ValueError(f"unknown engine {engine!r}; expected one of {known}") from None
+    sel = {"selector": selector(namespace, name)}
+    tokens = Template(templates.output_tokens_per_second).substitute(sel)
+    if tokens_query:
+        values = {"namespace": _escape(namespace), "name": _escape(name)}
+        tokens = Template(tokens_query).safe_substitute(values)
+    kv = templates.kv_cache_usage
+    return EngineQueries(
+        output_tokens_per_second=tokens,
+        running_requests=Template(templates.running_requests).substitute(sel),
+        waiting_requests=Template(templates.waiting_requests).substitute(sel),
+        kv_cache_usage=None if kv is None else Template(kv).substitute(sel),
+    )
+
+
+def query_scalar(client: QueryClient, query: str, timeout_s: float) -> float | None:
+    """Run one instant query and sum its samples.
+
+    Args:
+        client: a `PrometheusConnect` (or anything with its `custom_query`).
+        query: PromQL returning an instant vector or a scalar.
+        timeout_s: seconds allowed, sent to the client and to Prometheus.
+
+    Returns:
+        The sum of the returned samples; None when the result is empty (no series) or NaN.
+
+    Raises:
+        MetricsError: when the request fails, times out or returns something malformed.
+    """
+    seconds = _whole_seconds(timeout_s)
+    try:
+        result = client.custom_query(query, params={"timeout": f"{seconds}s"}, timeout=seconds)
+    except (requests.RequestException, PrometheusApiClientException) as exc:
+        raise MetricsError(f"query failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        values = [float(sample["value"][1]) for sample in _samples(result)]
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise MetricsError(f"malformed result for {query!r}: {result!r:.200}") from exc
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) if finite else None
+
+
+def observe(
+    client: QueryClient,
+    engine: str,
+    namespace: str,
+    name: str,
+    *,
+    timeout_s: float,
+    tokens_query: str | None = None,
+) -> Observation:
+    """The current load of one LLMDeployment.
+
+    Args:
+        client: a `PrometheusConnect` (see `make_client`).
+        engine: `vllm`, `tgi` or `llamacpp`.
+        namespace: the LLMDeployment's namespace.
+        name: the LLMDeployment's name.
+        timeout_s: seconds allowed per query.
+        tokens_query: spec.scaling.tokensPerSecondQuery, if set.
+
+    Returns:
+        The observation; `Observation.available` is False (with the reason) when the token
+        rate could not be read or had no data.
+    """
+    queries = build_queries(engine, namespace, name, tokens_query)
+    try:
+        tokens = query_scalar(client, queries.output_tokens_per_second, timeout_s)
+    except MetricsError as exc:
+        return Observation.unavailable(str(exc))
+    if tokens is None:
+        return Observation.unavailable(f"no data for {queries.output_tokens_per_second}")
+    return Observation(
+        output_tokens_per_second=max(0.0, tokens),
+        running_requests=_optional(client, queries.running_requests, timeout_s),
+        waiting_requests=_optional(client, queries.waiting_requests, timeout_s),
+        kv_cache_usage=(
+            None
+            if queries.kv_cache_usage is None
+            else _optional(client, queries.kv_cache_usage, timeout_s)
+        ),
+    )
+
+
+def _optional(client: QueryClient, query: str, timeout_s: float) -> float | None:
+    """An auxiliary signal: a failure leaves it unknown rather than failing the whole read."""
+    try:
+        value = query_scalar(client, query, timeout_s)
+    except MetricsError:
+        return None
+    return None if value is None else max(0.0, value)
+
+
+def _samples(result: Any) -> list[Any]:
+    """The samples of an instant-query result.
+
+    `custom_query` returns `data.result`: a list of samples for a vector, the bare
+    `[time, "value"]` pair for a scalar (a `tokensPerSecondQuery` may return one).
+    """
+    if not isinstance(result, list):
+        raise TypeError(f"unexpected result type {type(result).__name__}")
+    if len(result) == 2 and isinstance(result[0], int | float) and isinstance(result[1], str):
+        return [{"value": result}]
+    return result
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _whole_seconds(timeout_s: float) -> int:
+    # NOTE: prometheus-api-client types its timeout as int; round up so it is never 0.
+    return max(1, math.ceil(timeout_s))

@@ -1,0 +1,194 @@
+"""Prometheus queries of the autoscaler, against a fake `PrometheusConnect` (no network)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from prometheus_api_client.exceptions import PrometheusApiClientException
+
+from llm_operator.autoscaler import metrics
+from llm_operator.autoscaler.metrics import build_queries, make_client, observe
+
+ROOT = Path(__file__).resolve().parent.parent
+SIMULATOR = ROOT / "e2e" / "sim" / "engine_sim.py"
+
+Answer = list[Any] | Exception | Callable[[str], list[Any]]
+
+
+class FakePrometheus:
+    """Answers `custom_query` from a table keyed by metric name; records every call."""
+
+    def __init__(self, answers: dict[str, Answer], default: Answer | None = None) -> None:
+        self.answers = answers
+        self.default: Answer = [] if default is None else default
+        self.calls: list[tuple[str, dict[str, Any], int]] = []
+
+    def custom_query(self, query: str, params: dict[str, Any], timeout: int) -> Any:
+        self.calls.append((query, params, timeout))
+        answer = next((a for name, a in self.answers.items() if name in query), self.default)
+        if isinstance(answer, Exception):
+            raise answer
+        if callable(answer):
+            return answer(query)
+        return answer
+
+
+def vector(*values: float | str) -> list[dict[str, Any]]:
+    """An instant vector as `custom_query` returns it (one sample per value)."""
+    return [{"metric": {}, "value": [1700000000.0, str(v)]} for v in values]
+
+
+def test_vllm_queries_select_one_llmdeployment() -> None:
+    q = build_queries("vllm", "team-a", "chat")
+    sel = '{namespace="team-a",llmdeployment="chat"}'
+    assert q.output_tokens_per_second == f"sum(rate(vllm:generation_tokens_total{sel}[1m]))"
+    assert q.running_requests == f"sum(vllm:num_requests_running{sel})"
+    assert q.waiting_requests == f"sum(vllm:num_requests_waiting{sel})"
+    assert q.kv_cache_usage == (
+        f"avg(vllm:kv_cache_usage_perc{sel} or vllm:gpu_cache_usage_perc{sel})"
+    )
+
+
+def test_tgi_and_llamacpp_queries() -> None:
+    tgi = build_queries("tgi", "ns", "m")
+    assert tgi.output_tokens_per_second.startswith("sum(rate(tgi_request_generated_tokens_sum{")
+    assert "tgi_queue_size" in tgi.waiting_requests
+    assert "tgi_batch_current_size" in tgi.running_requests
+    assert tgi.kv_cache_usage is None
+    cpp = build_queries("llamacpp", "ns", "m")
+    assert "llamacpp:tokens_predicted_total" in cpp.output_tokens_per_second
+    assert "llamacpp:requests_deferred" in cpp.waiting_requests
+    assert "llamacpp:requests_processing" in cpp.running_requests
+
+
+def test_override_replaces_the_token_query_only() -> None:
+    override = 'sum(rate(gateway_output_tokens_total{ns="$namespace",route="$name"}[2m]))'
+    q = build_queries("vllm", "ns", "chat", tokens_query=override)
+    assert q.output_tokens_per_second == (
+        'sum(rate(gateway_output_tokens_total{ns="ns",route="chat"}[2m]))'
+    )
+    assert "vllm:num_requests_waiting" in q.waiting_requests
+
+
+def test_label_values_are_escaped() -> None:
+    assert metrics.selector('a"b', "c\\d") == 'namespace="a\\"b",llmdeployment="c\\\\d"'
+
+
+def test_unknown_engine_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown engine 'ollama'"):
+        build_queries("ollama", "ns", "m")
+
+
+@pytest.mark.parametrize("engine", ["vllm", "tgi", "llamacpp"])
+def test_metric_names_are_the_ones_the_simulator_exposes(engine: str) -> None:
+    """The e2e simulator writes the engines' real names; every query must use them."""
+    source = SIMULATOR.read_text()
+    exposed = set(re.findall(r'"((?:vllm:|tgi_|llamacpp:)[a-z_]+)"', source))
+    q = build_queries(engine, "ns", "m")
+    for query in (q.output_tokens_per_second, q.running_requests, q.waiting_requests):
+        name = re.search(r"((?:vllm:|tgi_|llamacpp:)[a-z_]+)\{", query)
+        assert name is not None, query
+        base = re.sub(r"_(total|sum|count|bucket)$", "", name.group(1))
+        assert name.group(1) in exposed or base in exposed, (name.group(1), sorted(exposed))
+    assert "namespace" in source and "llmdeployment" in source
+
+
+def test_observe_reads_every_signal_with_a_timeout() -> None:
+    fake = FakePrometheus(
+        {
+            "generation_tokens": vector(1234.5),
+            "num_requests_running": vector(30),
+            "num_requests_waiting": vector(4),
+            "kv_cache_usage_perc": vector(0.75),
+        }
+    )
+    obs = observe(fake, "vllm", "ns", "chat", timeout_s=2.5)
+    assert obs.available
+    assert obs.output_tokens_per_second == pytest.approx(1234.5)
+    assert (obs.running_requests, obs.waiting_requests) == (30.0, 4.0)
+    assert obs.kv_cache_usage == pytest.approx(0.75)
+    assert len(fake.calls) == 4
+    for _, params, timeout in fake.calls:
+        assert timeout == 3  # rounded up, never 0
+        assert params == {"timeout": "3s"}  # Prometheus's own evaluation timeout
+
+
+def test_tgi_has_no_kv_query() -> None:
+    fake = FakePrometheus({"tgi_request_generated_tokens": vector(10)})
+    obs = observe(fake, "tgi", "ns", "m", timeout_s=1)
+    assert obs.kv_cache_usage is None
+    assert not any("kv" in q for q, _, _ in fake.calls)
+
+
+def test_samples_of_several_series_are_summed() -> None:
+    fake = FakePrometheus({"tokens_predicted": vector(100, 250)})
+    assert observe(fake, "llamacpp", "ns", "m", timeout_s=1).output_tokens_per_second == 350.0
+
+
+def test_scalar_result_from_an_override() -> None:
+    fake = FakePrometheus({"scalar(": [1700000000.0, "42"]})
+    obs = observe(fake, "vllm", "ns", "m", timeout_s=1, tokens_query="scalar(vector(42))")
+    assert obs.output_tokens_per_second == 42.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        ([], "no data"),
+        (vector("NaN"), "no data"),
+        (requests.ConnectionError("connection refused"), "ConnectionError"),
+        (requests.Timeout("read timed out"), "Timeout"),
+        (PrometheusApiClientException("HTTP Status Code 503"), "503"),
+        ([{"metric": {}}], "malformed"),
+        ({"unexpected": True}, "malformed"),
+    ],
+)
+def test_failed_or_empty_token_query_is_unavailable(answer: Answer, why: str) -> None:
+    fake = FakePrometheus({"generation_tokens": answer}, default=vector(1))
+    obs = observe(fake, "vllm", "ns", "m", timeout_s=1)
+    assert not obs.available
+    assert obs.output_tokens_per_second is None
+    assert why in obs.unavailable_reason
+    assert len(fake.calls) == 1  # nothing else is asked once the rate is missing
+
+
+def test_failed_auxiliary_query_leaves_that_field_unknown() -> None:
+    fake = FakePrometheus(
+        {
+            "generation_tokens": vector(500),
+            "num_requests_waiting": requests.Timeout("slow"),
+            "kv_cache_usage_perc": [],
+        },
+        default=vector(7),
+    )
+    obs = observe(fake, "vllm", "ns", "m", timeout_s=1)
+    assert obs.output_tokens_per_second == 500.0
+    assert obs.running_requests == 7.0
+    assert obs.waiting_requests is None
+    assert obs.kv_cache_usage is None
+
+
+def test_negative_rates_are_clamped() -> None:
+    # rate() is never negative, but an override (deriv, delta) can be.
+    fake = FakePrometheus({"generation_tokens": vector(-3)}, default=vector(0))
+    assert observe(fake, "vllm", "ns", "m", timeout_s=1).output_tokens_per_second == 0.0
+
+
+def test_unreachable_prometheus_is_unavailable_at_once() -> None:
+    # A closed local port refuses the connection; with no retries the answer is immediate.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = make_client(f"http://127.0.0.1:{port}", timeout_s=2)
+    started = time.monotonic()
+    obs = observe(client, "vllm", "ns", "m", timeout_s=2)
+    assert time.monotonic() - started < 1.5
+    assert not obs.available
+    assert "ConnectionError" in obs.unavailable_reason
