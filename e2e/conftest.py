@@ -25,6 +25,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from helpers import GROUP, PLURAL, VERSION, Cluster, eventually
+from operator_proc import OperatorProcess, token_kubeconfig
 
 E2E_DIR = Path(__file__).resolve().parent
 REPO = E2E_DIR.parent
@@ -34,6 +35,7 @@ STATE_DIR = Path(os.environ.get("E2E_STATE_DIR", E2E_DIR / ".state"))
 
 _api_key = pytest.StashKey[client.ApiClient]()
 _ns_key = pytest.StashKey[str]()
+_operator_key = pytest.StashKey[OperatorProcess]()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -148,6 +150,35 @@ def crds(cluster: Cluster) -> list[str]:
     return names
 
 
+@pytest.fixture(scope="session")
+def operator_process(
+    request: pytest.FixtureRequest, cluster: Cluster, crds: list[str], tmp_path_factory: Any
+) -> Iterator[OperatorProcess]:
+    """The real `llm-operator run`, authenticated as the chart's ServiceAccount.
+
+    The drift timer runs every 2 s here (30 s by default) so reverts are quick to observe.
+    """
+    work = tmp_path_factory.mktemp("operator")
+    kubeconfig = token_kubeconfig(cluster.kubeconfig, cluster.api, work / "kubeconfig")
+    op = OperatorProcess(
+        kubeconfig, work / "operator.log", extra_env={"LLM_OPERATOR_RECONCILE_INTERVAL": "2"}
+    )
+    op.start()
+    request.config.stash[_operator_key] = op
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+@pytest.fixture
+def operator(operator_process: OperatorProcess) -> OperatorProcess:
+    """The operator, running (restarted if an earlier test stopped it)."""
+    if operator_process.proc is None or operator_process.proc.poll() is not None:
+        operator_process.start()
+    return operator_process
+
+
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterator[str]:
     """A fresh namespace for one test, deleted (without waiting) afterwards."""
@@ -185,6 +216,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             except Exception as exc:  # the dump must never hide the failure
                 dump = f"(cluster dump failed: {exc!r})"
             report.sections.append(("cluster state", dump))
+        op = item.config.stash.get(_operator_key, None)
+        if op is not None:
+            report.sections.append(("operator log (tail)", op.tail()))
     return report
 
 

@@ -21,7 +21,7 @@ from llm_operator.api import conditions as cond
 from llm_operator.api.v1alpha1 import GROUP, PLURAL, VERSION, Condition
 from llm_operator.catalog import load_catalog
 from llm_operator.errors import InvalidSpecError, TransientError
-from llm_operator.kube import Kube
+from llm_operator.kube import Kube, load_config
 from llm_operator.metrics import API_WRITES, PLANNED_COST, RECONCILE_SECONDS, RECONCILES, REPLICAS
 from llm_operator.reconcile.run import reconcile_once
 from llm_operator.settings import ANNOTATION_PREFIX, Settings
@@ -58,6 +58,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         settings.peering.mandatory = True
     else:
         settings.peering.standalone = True
+    # NOTE: Kopf authenticates its own watches; the kubernetes client the reconcile uses
+    # needs the same credentials (in-cluster ServiceAccount, else KUBECONFIG) loaded here.
+    load_config()
     memo.kube = Kube()
     memo.catalog = load_catalog(SETTINGS.model_catalog, SETTINGS.gpu_catalog)
     start_http_server(SETTINGS.metrics_port)

@@ -1,0 +1,159 @@
+"""Run the real operator process against the e2e cluster, as its own ServiceAccount.
+
+The e2e fixtures use this to prove what a user installs works: the RBAC objects come from
+`manifests/install.yaml` (generated from the Helm chart), the operator authenticates with a
+token the TokenRequest API issues for the chart's ServiceAccount, and `llm-operator run`
+is the console script the image runs. Nothing here is product logic.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, utils
+from kubernetes.client.exceptions import ApiException
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL_YAML = REPO / "manifests" / "install.yaml"
+# What the operator's identity consists of; the Deployment itself is not applied (the
+# process runs here, outside the cluster, with the same identity and settings).
+IDENTITY_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                  "RoleBinding")  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def identity_objects(path: Path = INSTALL_YAML) -> list[dict[str, Any]]:
+    """The Namespace, ServiceAccount and RBAC objects of the install manifest."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make manifests`")
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return [d for d in docs if d["kind"] in IDENTITY_KINDS]
+
+
+def install_identity(api: client.ApiClient) -> tuple[str, str]:
+    """Create or update the operator's identity objects; return the ServiceAccount."""
+    objects = identity_objects()
+    for obj in objects:
+        try:
+            utils.create_from_dict(api, obj)
+        except utils.FailToCreateError as err:
+            if not all(isinstance(e, ApiException) and e.status == 409 for e in err.api_exceptions):
+                raise
+    sa = next(o for o in objects if o["kind"] == "ServiceAccount")
+    return sa["metadata"]["namespace"], sa["metadata"]["name"]
+
+
+def token_kubeconfig(admin_kubeconfig: str, api: client.ApiClient, out: Path) -> Path:
+    """A kubeconfig that authenticates as the operator's ServiceAccount (bearer token)."""
+    namespace, name = install_identity(api)
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=6 * 3600)
+    )
+    token = (
+        client.CoreV1Api(api)
+        .create_namespaced_service_account_token(name, namespace, request)
+        .status.token
+    )
+    admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["context"]["cluster"])
+    user = f"system:serviceaccount:{namespace}:{name}"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": cluster["name"], "user": user}}],
+        "current-context": user,
+    }
+    out.write_text(yaml.safe_dump(config))
+    out.chmod(0o600)
+    return out
+
+
+@dataclass
+class OperatorProcess:
+    """`llm-operator run` as a child process with its own log file."""
+
+    kubeconfig: Path
+    log_path: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    health_port: int = 0
+    metrics_port: int = 0
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the operator and wait until its liveness endpoint answers."""
+        self.health_port, self.metrics_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "LLM_OPERATOR_HEALTH_PORT": str(self.health_port),
+            "LLM_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            **self.extra_env,
+        }
+        exe = Path(sys.executable).with_name("llm-operator")
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(exe), "run", "--log-format", "plain"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"llm-operator exited with {self.proc.returncode}:\n{self.tail()}"
+                )
+            try:
+                url = f"http://127.0.0.1:{self.health_port}/healthz"
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"llm-operator not healthy after {timeout:g}s:\n{self.tail()}")
+            time.sleep(0.5)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> None:
+        """Stop the operator (SIGKILL: a crash, mid-whatever it was doing)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def metrics(self) -> str:
+        """The operator's own Prometheus exposition text."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
