@@ -23,22 +23,22 @@ venv: $(STAMP) ## Create .venv and install the package with its test extras
 
 .PHONY: lint
 lint: $(STAMP) ## ruff, mypy (strict on pure packages) and the import contracts
-	$(BIN)/ruff check operator tests e2e bench
-	$(BIN)/ruff format --check operator tests e2e bench
+	$(BIN)/ruff check operator tests e2e bench charts
+	$(BIN)/ruff format --check operator tests e2e bench charts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 .PHONY: format
 format: $(STAMP) ## Apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix operator tests e2e bench
-	$(BIN)/ruff format operator tests e2e bench
+	$(BIN)/ruff check --fix operator tests e2e bench charts
+	$(BIN)/ruff format operator tests e2e bench charts
 
 .PHONY: unit
-unit: $(STAMP) ## Unit tests (no cluster)
+unit: $(STAMP) tools ## Unit tests (no cluster; the chart tests need the pinned helm)
 	$(BIN)/pytest tests
 
 .PHONY: test
-test: lint $(STAMP) ## Everything: lint, unit tests and e2e tests on the local cluster
+test: lint tools $(STAMP) ## Everything: lint, unit tests and e2e tests on the local cluster
 	@$(BIN)/pytest tests e2e; code=$$?; \
 	  if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	  exit $$code
@@ -52,6 +52,7 @@ demo: $(STAMP) ## Plan every bundled example and show the chosen hardware
 	@for f in examples/*.yaml; do echo "== $$f"; $(BIN)/llmctl plan -f $$f || exit 1; done
 
 include e2e/cluster/cluster.mk
+include charts/chart.mk
 
 .PHONY: golden
 golden: $(STAMP) ## Regenerate the renderer's golden files (review the diff)
