@@ -139,6 +139,7 @@ class _Model:
 # Host memory a GPU pod requests per GPU at most (see `_context`).
 HOST_MEMORY_GIB_PER_GPU = 24
 
+
 def _render(template: str, **ctx: Any) -> Any:
     return yaml.safe_load(_ENV.get_template(template).render(**ctx))
 
