@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client, utils
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client
+from kubernetes.dynamic import DynamicClient
+
+from charts import render_manifests
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL_YAML = REPO / "manifests" / "install.yaml"
@@ -45,15 +47,31 @@ def identity_objects(path: Path = INSTALL_YAML) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] in IDENTITY_KINDS]
 
 
-def install_identity(api: client.ApiClient) -> tuple[str, str]:
-    """Create or update the operator's identity objects; return the ServiceAccount."""
-    objects = identity_objects()
+def chart_objects(*helm_args: str) -> list[dict[str, Any]]:
+    """The chart rendered with extra `helm template` arguments (e.g. --set a=b)."""
+    rendered = render_manifests.helm_template(render_manifests.find_helm(), extra=list(helm_args))
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+def apply_all(api: client.ApiClient, objects: list[dict[str, Any]]) -> None:
+    """Server-side apply under the field manager `e2e` (re-applying less removes the rest)."""
+    dynamic = DynamicClient(api)
     for obj in objects:
-        try:
-            utils.create_from_dict(api, obj)
-        except utils.FailToCreateError as err:
-            if not all(isinstance(e, ApiException) and e.status == 409 for e in err.api_exceptions):
-                raise
+        resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        meta = obj["metadata"]
+        resource.server_side_apply(
+            body=obj,
+            name=meta["name"],
+            namespace=meta.get("namespace") if resource.namespaced else None,
+            field_manager="e2e",
+            force_conflicts=True,
+        )
+
+
+def install_identity(api: client.ApiClient) -> tuple[str, str]:
+    """Apply the operator's identity objects of install.yaml; return its ServiceAccount."""
+    objects = identity_objects()
+    apply_all(api, objects)
     sa = next(o for o in objects if o["kind"] == "ServiceAccount")
     return sa["metadata"]["namespace"], sa["metadata"]["name"]
 

@@ -21,7 +21,13 @@ from kubernetes.client.exceptions import ApiException
 
 from helpers import GROUP, PLURAL, VERSION, Cluster, eventually
 from llm_operator.catalog import load_catalog
-from operator_proc import OperatorProcess
+from operator_proc import (
+    IDENTITY_KINDS,
+    OperatorProcess,
+    apply_all,
+    chart_objects,
+    identity_objects,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -89,7 +95,9 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     raise AssertionError(f"no {type_} condition yet: {obj.get('status')}")
 
 
-def wait_ready(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+def wait_ready(
+    custom: client.CustomObjectsApi, namespace: str, name: str, timeout: float = 90
+) -> dict[str, Any]:
     """Wait until Ready=True with every desired replica ready and the rollout complete."""
 
     def ready() -> dict[str, Any]:
@@ -101,7 +109,7 @@ def wait_ready(custom: client.CustomObjectsApi, namespace: str, name: str) -> di
         assert status.get("readyReplicas") == status.get("desiredReplicas") >= 1, status
         return obj
 
-    return eventually(ready, timeout=90, interval=1, description=f"{namespace}/{name} Ready")
+    return eventually(ready, timeout=timeout, interval=1, description=f"{namespace}/{name} Ready")
 
 
 def hf_secret(core: client.CoreV1Api, namespace: str) -> None:
@@ -420,3 +428,50 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
         assert len(deployments) == 1 and len(services) == 1, name
         pods = core.list_namespaced_pod(namespace, label_selector=f"{LLMD_LABEL}={name}").items
         assert len(pods) == get(custom, namespace, name)["status"]["desiredReplicas"]
+
+
+# --- high availability ----------------------------------------------------------------------
+
+
+def test_two_peered_operators_do_not_both_act_and_fail_over(
+    cluster: Cluster,
+    operator_process: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """The chart's HA mode (Kopf peering): one active operator, the other takes over."""
+    ha = chart_objects("--set", "peering.enabled=true", "--set", "replicas=2")
+    peering = next(o for o in ha if o["kind"] == "ClusterKopfPeering")
+    crd = next(o for o in ha if o["metadata"]["name"] == "clusterkopfpeerings.kopf.dev")
+    apply_all(cluster.api, [crd])
+    eventually(
+        lambda: apply_all(cluster.api, [peering]) is None,
+        timeout=30,
+        retry_on=(Exception,),
+        description="the peering CRD serves objects",
+    )
+    apply_all(cluster.api, [o for o in ha if o["kind"] in IDENTITY_KINDS])
+    env = {"LLM_OPERATOR_PEERING": peering["metadata"]["name"]}
+    pair = [
+        OperatorProcess(operator_process.kubeconfig, tmp_path / f"{i}.log", extra_env=env)
+        for i in "ab"
+    ]
+    operator_process.stop()
+    try:
+        for op in pair:
+            op.start()
+        first = create(custom, namespace, llmd("ha-1"))
+        wait_ready(custom, namespace, first)
+        passes = [reconcile_passes(op) for op in pair]
+        assert sorted(p > 0 for p in passes) == [False, True], passes
+        active, standby = pair if passes[0] > 0 else pair[::-1]
+
+        active.stop(signal.SIGKILL)  # no goodbye: the standby waits for the keep-alive to lapse
+        second = create(custom, namespace, llmd("ha-2"))
+        wait_ready(custom, namespace, second, timeout=180)
+        assert reconcile_passes(standby) > 0
+    finally:
+        for op in pair:
+            op.stop()
+        apply_all(cluster.api, identity_objects())  # back to the default (no peering) RBAC

@@ -10,6 +10,7 @@ in annotations with the project's prefix, never in `status`.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from typing import Any
@@ -56,6 +57,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         settings.peering.standalone = False
         settings.peering.clusterwide = not SETTINGS.namespace
         settings.peering.mandatory = True
+        # NOTE: Kopf pauses every operator that sees a peer of the same priority, and all
+        # pods of one Deployment share their environment: a random priority per process
+        # makes exactly one of them (the highest) active, the others standby until its
+        # keep-alive lapses.
+        settings.peering.priority = random.SystemRandom().randint(1, 2**31 - 1)
     else:
         settings.peering.standalone = True
     # NOTE: Kopf authenticates its own watches; the kubernetes client the reconcile uses
