@@ -346,6 +346,7 @@ def test_policy_from_spec() -> None:
             "scaleUpStabilizationSeconds": 15,
             "scaleDownStabilizationSeconds": 600,
             "scaleToZeroAfterSeconds": 900,
+            "tolerance": 0.2,
         },
         budget={"maxCostPerHour": 20},
     )
@@ -356,7 +357,7 @@ def test_policy_from_spec() -> None:
         scale_up_window_s=15.0,
         scale_down_window_s=600.0,
         scale_to_zero_after_s=900.0,
-        tolerance=d.DEFAULT_TOLERANCE,
+        tolerance=0.2,
         max_cost_per_hour=20.0,
     )
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -15,34 +13,10 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 
 from llm_operator.autoscaler import metrics
 from llm_operator.autoscaler.metrics import build_queries, make_client, observe
+from tests.fakes import Answer, FakePrometheus, vector
 
 ROOT = Path(__file__).resolve().parent.parent
 SIMULATOR = ROOT / "e2e" / "sim" / "engine_sim.py"
-
-Answer = list[Any] | Exception | Callable[[str], list[Any]]
-
-
-class FakePrometheus:
-    """Answers `custom_query` from a table keyed by metric name; records every call."""
-
-    def __init__(self, answers: dict[str, Answer], default: Answer | None = None) -> None:
-        self.answers = answers
-        self.default: Answer = [] if default is None else default
-        self.calls: list[tuple[str, dict[str, Any], int]] = []
-
-    def custom_query(self, query: str, params: dict[str, Any], timeout: int) -> Any:
-        self.calls.append((query, params, timeout))
-        answer = next((a for name, a in self.answers.items() if name in query), self.default)
-        if isinstance(answer, Exception):
-            raise answer
-        if callable(answer):
-            return answer(query)
-        return answer
-
-
-def vector(*values: float | str) -> list[dict[str, Any]]:
-    """An instant vector as `custom_query` returns it (one sample per value)."""
-    return [{"metric": {}, "value": [1700000000.0, str(v)]} for v in values]
 
 
 def test_vllm_queries_select_one_llmdeployment() -> None:

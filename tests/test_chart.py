@@ -65,7 +65,7 @@ CLUSTER_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
 }
 NAMESPACED_RULES: dict[tuple[str, str], frozenset[str]] = {
-    ("serving.llm-operator.io", "llmdeployments"): frozenset({"list", "watch", "patch"}),
+    ("serving.llm-operator.io", "llmdeployments"): frozenset({"get", "list", "watch", "patch"}),
     ("serving.llm-operator.io", "llmdeployments/status"): frozenset({"patch"}),
     ("serving.llm-operator.io", "llmdeployments/finalizers"): frozenset({"update"}),
     ("", "events"): frozenset({"create"}),

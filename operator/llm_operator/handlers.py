@@ -1,10 +1,13 @@
 """Kopf handlers: the ONLY module with @kopf decorators. Kwargs in, one call out.
 
 One idempotent reconcile is registered for create, update and resume (explicit id so a
-rename never orphans Kopf's progress), plus a timer that re-runs it to revert drift. Domain
-errors are mapped here: InvalidSpecError -> kopf.PermanentError (and a condition naming
-the field), TransientError -> kopf.TemporaryError with its delay. Kopf's bookkeeping lives
-in annotations with the project's prefix, never in `status`.
+rename never orphans Kopf's progress), a timer re-runs it to revert drift, and another runs
+the autoscaler. Every pass holds the object's lock, re-reads the object, decides, and
+writes status before it lets go: Kopf's own `patch` is applied after a handler returns,
+outside any lock, so a pass deciding from its (possibly stale) body could undo another's
+replica decision. Domain errors are mapped here: InvalidSpecError -> kopf.PermanentError
+(and a condition naming the field), TransientError -> kopf.TemporaryError with its delay.
+Kopf's bookkeeping lives in annotations with the project's prefix, never in `status`.
 """
 
 from __future__ import annotations
@@ -19,17 +22,26 @@ import kopf
 from prometheus_client import start_http_server
 
 from llm_operator.api import conditions as cond
-from llm_operator.api.v1alpha1 import GROUP, PLURAL, VERSION, Condition
+from llm_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION, Condition
+from llm_operator.autoscaler import loop, metrics
 from llm_operator.catalog import load_catalog
 from llm_operator.errors import InvalidSpecError, TransientError
 from llm_operator.kube import Kube, load_config
-from llm_operator.metrics import API_WRITES, PLANNED_COST, RECONCILE_SECONDS, RECONCILES, REPLICAS
-from llm_operator.reconcile.run import reconcile_once
+from llm_operator.metrics import (
+    API_WRITES,
+    OBSERVED_TOKENS,
+    PLANNED_COST,
+    RECONCILE_SECONDS,
+    RECONCILES,
+    REPLICAS,
+)
+from llm_operator.reconcile.run import Outcome, parse, reconcile_once, status_dict
 from llm_operator.settings import ANNOTATION_PREFIX, Settings
 
 SETTINGS = Settings.from_env()
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
+_persisted: dict[str, float] = {}  # uid -> when this process last wrote the scaler state
 
 
 def _lock(uid: str) -> threading.Lock:
@@ -69,26 +81,27 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     load_config()
     memo.kube = Kube()
     memo.catalog = load_catalog(SETTINGS.model_catalog, SETTINGS.gpu_catalog)
+    memo.prometheus = (
+        metrics.make_client(SETTINGS.prometheus_url, SETTINGS.query_timeout_s)
+        if SETTINGS.prometheus_url
+        else None
+    )
     start_http_server(SETTINGS.metrics_port)
 
 
-def _patch_status(body: kopf.Body, patch: kopf.Patch, new: dict[str, Any]) -> bool:
-    """Write status only when it changed; removed keys are nulled (merge patch)."""
-    old = dict(body.get("status") or {})
+def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
+    """The merge patch turning status `old` into `new` (removed keys nulled); None if equal."""
     if old == new:
-        return False
-    for k in old.keys() - new.keys():
-        patch.status[k] = None
-    for k, v in new.items():
-        if old.get(k) != v:
-            patch.status[k] = v
-    return True
+        return None
+    patch: dict[str, Any] = {k: None for k in old.keys() - new.keys()}
+    patch.update({k: v for k, v in new.items() if old.get(k) != v})
+    return patch
 
 
-def _invalid_spec_status(body: kopf.Body, err: InvalidSpecError) -> dict[str, Any]:
-    generation = body.get("metadata", {}).get("generation")
+def _invalid_spec_status(live: dict[str, Any], err: InvalidSpecError) -> dict[str, Any]:
+    generation = live.get("metadata", {}).get("generation")
     current = [
-        Condition.model_validate(c) for c in (body.get("status") or {}).get("conditions", [])
+        Condition.model_validate(c) for c in (live.get("status") or {}).get("conditions", [])
     ]
     conditions = current
     for type_ in (cond.READY, cond.PLANNED):
@@ -96,29 +109,33 @@ def _invalid_spec_status(body: kopf.Body, err: InvalidSpecError) -> dict[str, An
             conditions, type_, "False", "InvalidSpec", str(err), generation
         )
     return {
-        **dict(body.get("status") or {}),
+        **dict(live.get("status") or {}),
         "observedGeneration": generation,
         "conditions": [c.model_dump(by_alias=True, exclude_none=True) for c in conditions],
     }
 
 
-def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any) -> None:
+def _write_status(kube: Kube, live: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Write status only when it changed."""
+    patch = status_patch(dict(live.get("status") or {}), new)
+    if patch is None:
+        return False
+    kube.patch_status(live, patch)
+    API_WRITES.labels("status").inc()
+    return True
+
+
+def _read(kube: Kube, body: kopf.Body) -> dict[str, Any] | None:
+    """The object as the API server has it now; None when it is gone (or was replaced)."""
     meta = body["metadata"]
-    started = time.monotonic()
-    with _lock(meta["uid"]):
-        try:
-            outcome = reconcile_once(memo.kube, memo.catalog, dict(body), SETTINGS.monitoring)
-        except InvalidSpecError as err:
-            RECONCILES.labels("invalid").inc()
-            if _patch_status(body, patch, _invalid_spec_status(body, err)):
-                kopf.warn(body, reason="InvalidSpec", message=str(err))
-            raise kopf.PermanentError(str(err)) from err
-        except TransientError as err:
-            RECONCILES.labels("retry").inc()
-            raise kopf.TemporaryError(str(err), delay=err.delay) from err
-        finally:
-            RECONCILE_SECONDS.observe(time.monotonic() - started)
-    RECONCILES.labels("ok").inc()
+    live = kube.get(API_VERSION, KIND, meta["namespace"], meta["name"])
+    if live is None or live["metadata"].get("uid") != meta["uid"]:
+        return None
+    return live
+
+
+def _report(body: kopf.Body, outcome: Outcome) -> None:
+    """Events and gauges after a pass (outside the lock)."""
     for event in outcome.desired.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     if outcome.report.applied:
@@ -128,15 +145,90 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any)
         API_WRITES.labels("delete").inc(len(outcome.report.pruned))
         kopf.info(body, reason="Pruned", message=", ".join(outcome.report.pruned))
     status = outcome.desired.status
+    meta = body["metadata"]
     labels = (meta.get("namespace", ""), meta["name"])
     PLANNED_COST.labels(*labels).set(
         (status.plan.cost_per_hour if status.plan else 0) * (status.desired_replicas or 0)
     )
     REPLICAS.labels(*labels, "desired").set(status.desired_replicas or 0)
     REPLICAS.labels(*labels, "ready").set(status.ready_replicas or 0)
-    if _patch_status(body, patch, outcome.status):
-        API_WRITES.labels("status").inc()
+
+
+def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
+    """One reconcile pass under the object's lock, from a fresh read."""
+    started = time.monotonic()
+    with _lock(body["metadata"]["uid"]):
+        live = _read(memo.kube, body)
+        if live is None:
+            return
+        try:
+            outcome = reconcile_once(memo.kube, memo.catalog, live, SETTINGS.monitoring)
+        except InvalidSpecError as err:
+            RECONCILES.labels("invalid").inc()
+            if _write_status(memo.kube, live, _invalid_spec_status(live, err)):
+                kopf.warn(body, reason="InvalidSpec", message=str(err))
+            raise kopf.PermanentError(str(err)) from err
+        except TransientError as err:
+            RECONCILES.labels("retry").inc()
+            raise kopf.TemporaryError(str(err), delay=err.delay) from err
+        finally:
+            RECONCILE_SECONDS.observe(time.monotonic() - started)
+        RECONCILES.labels("ok").inc()
+        _write_status(memo.kube, live, outcome.status)
+    _report(body, outcome)
     logger.debug("reconciled: applied=%s pruned=%s", outcome.report.applied, outcome.report.pruned)
+
+
+def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
+    """One autoscaler tick under the object's lock; a new replica count is applied at once."""
+    uid = body["metadata"]["uid"]
+    outcome: Outcome | None = None
+    with _lock(uid):
+        live = _read(memo.kube, body)
+        if live is None:
+            return
+        try:
+            llmd = parse(live)
+        except InvalidSpecError:
+            return  # the reconcile reports it
+        if not loop.active(llmd):
+            return
+        now = time.time()
+        tick = loop.tick(
+            memo.prometheus,
+            llmd,
+            now=now,
+            timeout_s=SETTINGS.query_timeout_s,
+            last_persisted=_persisted.get(uid),
+        )
+        new_status = tick.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if tick.scaled:
+            try:
+                outcome = reconcile_once(
+                    memo.kube, memo.catalog, {**live, "status": new_status}, SETTINGS.monitoring
+                )
+            except TransientError as err:
+                raise kopf.TemporaryError(str(err), delay=err.delay) from err
+            new_status = status_dict(outcome.desired)
+        _write_status(memo.kube, live, new_status)
+        if tick.persist_state is not None:
+            memo.kube.annotate(live, {loop.STATE_ANNOTATION: tick.persist_state})
+            API_WRITES.labels("annotate").inc()
+            _persisted[uid] = now
+    meta = body["metadata"]
+    decision = tick.decision
+    OBSERVED_TOKENS.labels(meta.get("namespace", ""), meta["name"]).set(
+        tick.status.observed_tokens_per_second or 0
+    )
+    if tick.scaled:
+        kopf.info(
+            body, reason="Scaled", message=f"{decision.replicas} replicas: {decision.message}"
+        )
+    if tick.budget_newly_limited:
+        kopf.warn(body, reason="BudgetLimited", message=decision.message)
+    if outcome is not None:
+        _report(body, outcome)
+    logger.debug("autoscaler: %s %s", decision.reason, decision.message)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", timeout=600, retries=None, backoff=5)
@@ -144,9 +236,9 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any)
 @kopf.on.update(
     GROUP, VERSION, PLURAL, id="reconcile", field="spec", timeout=600, retries=None, backoff=5
 )
-def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+def reconcile(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     """Create, update and resume: one idempotent reconcile."""
-    _reconcile(body, patch, memo, logger)
+    _reconcile(body, memo, logger)
 
 
 @kopf.timer(
@@ -158,9 +250,26 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, 
     initial_delay=SETTINGS.reconcile_interval_s,
     sharp=False,
 )
-def drift(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+def drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     """Periodically re-run the reconcile: reverts edits of owned fields, tracks readiness."""
     try:
-        _reconcile(body, patch, memo, logger)
+        _reconcile(body, memo, logger)
     except kopf.PermanentError:
         return  # already reported in status; nothing to retry until the spec changes
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    id="autoscale",
+    interval=SETTINGS.autoscale_interval_s,
+    initial_delay=SETTINGS.autoscale_interval_s,
+    sharp=False,
+    timeout=max(30.0, 6 * SETTINGS.query_timeout_s),
+)
+def autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    """Replicas from observed tokens/s (only with LLM_OPERATOR_PROMETHEUS_URL set)."""
+    if memo.prometheus is None:
+        return
+    _autoscale(body, memo, logger)

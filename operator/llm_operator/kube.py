@@ -186,6 +186,33 @@ class Kube:
         except (DynamicApiError, ApiException) as err:
             raise _translate(err, f"deleting {obj['kind']} {meta['name']}") from err
 
+    def patch_status(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource of a custom object (None values remove keys)."""
+        meta = obj["metadata"]
+        what = f"{obj['kind']} {meta.get('namespace', '')}/{meta['name']} status"
+        try:
+            self._resource(obj["apiVersion"], obj["kind"]).status.patch(
+                body={"status": status},
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                content_type="application/merge-patch+json",
+            )
+        except (DynamicApiError, ApiException) as err:
+            raise _translate(err, f"patching {what}") from err
+
+    def annotate(self, obj: dict[str, Any], annotations: dict[str, str]) -> None:
+        """Merge-patch annotations onto an object."""
+        meta = obj["metadata"]
+        try:
+            self._resource(obj["apiVersion"], obj["kind"]).patch(
+                body={"metadata": {"annotations": annotations}},
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                content_type="application/merge-patch+json",
+            )
+        except (DynamicApiError, ApiException) as err:
+            raise _translate(err, f"annotating {obj['kind']} {meta['name']}") from err
+
     def pod_unschedulable(self, namespace: str, selector: str) -> str | None:
         """The scheduler's message for one pending, unschedulable pod of the selector."""
         try:

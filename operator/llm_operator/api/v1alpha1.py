@@ -388,6 +388,13 @@ class ScalingSpec(ApiModel):
         description="scaleToZeroAfterSeconds removes every replica after this long without "
         "traffic; needs minReplicas 0.",
     )
+    tolerance: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="tolerance is the relative change in demand the autoscaler ignores "
+        "around the current replica count (0.1: within 10%, keep the count).",
+    )
     tokens_per_second_query: str | None = Field(
         None,
         description="tokensPerSecondQuery overrides the PromQL query for observed output "
@@ -616,6 +623,11 @@ class LLMDeploymentStatus(ApiModel):
     )
     cost_per_hour: float | None = Field(
         None, description="costPerHour is the current USD per hour of all replicas."
+    )
+    capacity_tokens_per_second: float | None = Field(
+        None,
+        description="capacityTokensPerSecond is one replica's output tokens/s at the target "
+        "utilisation (the planner's prediction, refined by observation when saturated).",
     )
     cost_per_million_tokens: float | None = Field(
         None, description="costPerMillionTokens is observed USD per million output tokens."

@@ -143,12 +143,11 @@ class Policy:
             raise ValueError("tolerance and windows must be >= 0")
 
     @classmethod
-    def from_spec(cls, spec: LLMDeploymentSpec, tolerance: float = DEFAULT_TOLERANCE) -> Policy:
+    def from_spec(cls, spec: LLMDeploymentSpec) -> Policy:
         """The policy an LLMDeployment spec asks for.
 
         Args:
             spec: the LLMDeployment spec.
-            tolerance: relative change to ignore (the spec has no field for it yet).
 
         Returns:
             The policy.
@@ -161,7 +160,7 @@ class Policy:
             scale_up_window_s=float(s.scale_up_stabilization_seconds),
             scale_down_window_s=float(s.scale_down_stabilization_seconds),
             scale_to_zero_after_s=_opt_float(s.scale_to_zero_after_seconds),
-            tolerance=tolerance,
+            tolerance=s.tolerance,
             max_cost_per_hour=spec.budget.max_cost_per_hour,
         )
 
