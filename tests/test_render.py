@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,10 @@ from tests.conftest import EXAMPLES, ROOT, make_spec
 from tests.regen_golden import golden_text
 
 K8S_VERSION = "1.34"
-LWS_SCHEMA = ROOT / "tests" / "schemas" / "leaderworkerset-v1.yaml"
+# The LeaderWorkerSet CRD ships inside the pinned sigs.k8s.io/lws module;
+# e2e/cluster/tools.sh (`make tools`) copies it to the tools cache.
+TOOLS_SH = ROOT / "e2e" / "cluster" / "tools.sh"
+LWS_CRD = "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
 SECRET_TOKEN = "hf_SHOULD_NEVER_BE_RENDERED"
 
 # Flags each engine version accepts, as the renderer may emit them. Sources:
@@ -193,8 +197,16 @@ def _strict(schema: Any) -> Any:
 
 @cache
 def lws_validator() -> jsonschema.Draft7Validator:
-    schema = _strict(yaml.safe_load(LWS_SCHEMA.read_text()))
-    return jsonschema.Draft7Validator(schema)
+    """The openAPIV3Schema of LeaderWorkerSet v1, from the CRD in the tools cache."""
+    crd_dir = subprocess.run(
+        [str(TOOLS_SH), "--print-crd-dir"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    path = Path(crd_dir) / LWS_CRD
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `make tools` (or e2e/cluster/tools.sh lws-crds)")
+    crd = yaml.safe_load(path.read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    return jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
 
 
 def validate(obj: dict[str, Any]) -> None:

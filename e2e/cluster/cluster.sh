@@ -2,7 +2,8 @@
 # The local e2e cluster: a real control plane (etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler) run by `kwokctl --runtime binary` from the
 # binaries e2e/cluster/tools.sh builds, kwok fake GPU nodes (e2e/cluster/nodes.yaml),
-# the engine metrics simulator (e2e/sim/engine_sim.py) and a Prometheus that scrapes it.
+# the LeaderWorkerSet CRDs and controller manager (with its admission webhooks), the
+# engine metrics simulator (e2e/sim/engine_sim.py) and a Prometheus that scrapes it.
 # Everything binds to 127.0.0.1 and nothing is downloaded at `up` time except, once,
 # Debian's prometheus package when /usr/bin/prometheus is missing.
 #
@@ -30,6 +31,8 @@ KUBECONFIG_OUT="$STATE/kubeconfig"
 LOGS="$STATE/logs"
 
 BIN_DIR="$("$HERE/tools.sh" --print-bin-dir)"
+CRD_DIR="$("$HERE/tools.sh" --print-crd-dir)"
+LWS_STATE="$STATE/lws"
 export PATH="$BIN_DIR:$PATH"
 export KWOK_WORKDIR="$STATE/kwok"
 
@@ -57,6 +60,10 @@ finally:
     s.close()
 sys.exit(1)
 EOF
+}
+
+free_port() { # a port that is free on 127.0.0.1 right now
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 wait_for() { # description timeout_seconds command...
@@ -184,6 +191,160 @@ obs_down() {
   stop_bg engine-sim "engine_sim.py"
 }
 
+# --- LeaderWorkerSet ---------------------------------------------------------------------
+# The CRDs and the controller manager come from the pinned sigs.k8s.io/lws module (tools.sh
+# lws) and the controller runs on the host like the control plane. Its admission webhooks
+# are not optional (the pod webhook adds the group/worker index labels and the LWS_*
+# variables that the controller and the workers rely on), so it serves them on 127.0.0.1
+# with a self-signed certificate made here, and this script registers them by URL with
+# that certificate as caBundle. Its own cert management (which needs a Service and a
+# Secret in lws-system) is disabled.
+LWS_CRDS=(leaderworkerset.x-k8s.io_leaderworkersets.yaml disaggregatedset.x-k8s.io_disaggregatedsets.yaml)
+
+kubectl_() { kubectl --kubeconfig "$KUBECONFIG_OUT" "$@"; }
+
+lws_crds_up() {
+  local f args=()
+  for f in "${LWS_CRDS[@]}"; do
+    [[ -f "$CRD_DIR/$f" ]] || die "$CRD_DIR/$f is missing (run make tools)"
+    args+=(-f "$CRD_DIR/$f")
+  done
+  # Server-side: the CRDs are too large for kubectl's last-applied annotation.
+  kubectl_ apply --server-side --force-conflicts --field-manager=llm-operator-e2e "${args[@]}" >/dev/null
+  kubectl_ wait --for=condition=Established --timeout=60s \
+    crd/leaderworkersets.leaderworkerset.x-k8s.io \
+    crd/disaggregatedsets.disaggregatedset.x-k8s.io >/dev/null
+}
+
+lws_cert() { # self-signed serving certificate for 127.0.0.1, made once per state dir
+  [[ -f "$LWS_STATE/certs/tls.crt" && -f "$LWS_STATE/certs/tls.key" ]] && return 0
+  command -v openssl >/dev/null || die "openssl is required for the LWS webhook certificate"
+  mkdir -p "$LWS_STATE/certs"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=127.0.0.1" \
+    -addext "subjectAltName=IP:127.0.0.1" \
+    -keyout "$LWS_STATE/certs/tls.key" -out "$LWS_STATE/certs/tls.crt" 2>/dev/null
+}
+
+lws_webhooks_up() { # webhook port
+  local url="https://127.0.0.1:$1" ca
+  ca="$(base64 -w0 <"$LWS_STATE/certs/tls.crt")"
+  # Paths: the controller's kubebuilder webhook markers (config/webhook/manifests.yaml in
+  # the module). Pods only when they carry the LWS name label, as upstream deploys it; the
+  # no-op pod validation and the DisaggregatedSet validation are not registered.
+  kubectl_ apply --server-side --force-conflicts --field-manager=llm-operator-e2e -f - >/dev/null <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: lws-mutating-webhook-configuration
+webhooks:
+  - name: mleaderworkerset.kb.io
+    clientConfig:
+      url: $url/mutate-leaderworkerset-x-k8s-io-v1-leaderworkerset
+      caBundle: $ca
+    rules:
+      - apiGroups: [leaderworkerset.x-k8s.io]
+        apiVersions: [v1]
+        operations: [CREATE, UPDATE]
+        resources: [leaderworkersets]
+    admissionReviewVersions: [v1]
+    sideEffects: None
+    failurePolicy: Fail
+    timeoutSeconds: 10
+  - name: mpod.kb.io
+    clientConfig:
+      url: $url/mutate--v1-pod
+      caBundle: $ca
+    objectSelector:
+      matchExpressions:
+        - {key: leaderworkerset.sigs.k8s.io/name, operator: Exists}
+    rules:
+      - apiGroups: [""]
+        apiVersions: [v1]
+        operations: [CREATE]
+        resources: [pods]
+    admissionReviewVersions: [v1]
+    sideEffects: None
+    failurePolicy: Fail
+    timeoutSeconds: 10
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: lws-validating-webhook-configuration
+webhooks:
+  - name: vleaderworkerset.kb.io
+    clientConfig:
+      url: $url/validate-leaderworkerset-x-k8s-io-v1-leaderworkerset
+      caBundle: $ca
+    rules:
+      - apiGroups: [leaderworkerset.x-k8s.io]
+        apiVersions: [v1]
+        operations: [CREATE, UPDATE]
+        resources: [leaderworkersets]
+    admissionReviewVersions: [v1]
+    sideEffects: None
+    failurePolicy: Fail
+    timeoutSeconds: 10
+EOF
+}
+
+tls_ok() { # port: a TLS server answers on 127.0.0.1:port
+  "$PYTHON" - "$1" <<'EOF' >/dev/null 2>&1
+import socket, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2) as s:
+    ctx.wrap_socket(s).close()
+EOF
+}
+
+lws_up() {
+  if pid_alive lws-controller "$LWS_STATE/config.yaml"; then
+    log "LWS controller already running (health http://127.0.0.1:$(cat "$LWS_STATE/health-port"))"
+    return 0
+  fi
+  lws_crds_up
+  [[ -x "$BIN_DIR/lws-controller-manager" ]] ||
+    die "$BIN_DIR/lws-controller-manager is missing (run make tools)"
+  lws_cert
+  local webhook_port metrics_port health_port
+  webhook_port="$(free_port)"
+  metrics_port="$(free_port)"
+  health_port="$(free_port)"
+  # config.lws.x-k8s.io/v1alpha1 Configuration (api/config/v1alpha1 in the module):
+  # everything on loopback, webhooks served with our certificate, no internal cert
+  # management, no leader election (one process).
+  cat >"$LWS_STATE/config.yaml" <<EOF
+# Generated by e2e/cluster/cluster.sh
+apiVersion: config.lws.x-k8s.io/v1alpha1
+kind: Configuration
+webhook:
+  host: 127.0.0.1
+  port: $webhook_port
+  certDir: $LWS_STATE/certs
+metrics:
+  bindAddress: 127.0.0.1:$metrics_port
+health:
+  healthProbeBindAddress: 127.0.0.1:$health_port
+leaderElection:
+  leaderElect: false
+internalCertManagement:
+  enable: false
+EOF
+  echo "$health_port" >"$LWS_STATE/health-port"
+  start_bg lws-controller "$BIN_DIR/lws-controller-manager" \
+    --config "$LWS_STATE/config.yaml" --kubeconfig "$KUBECONFIG_OUT" \
+    --leader-elect=false --zap-devel=false
+  wait_for "LWS controller" 60 http_ok "http://127.0.0.1:$health_port/readyz"
+  wait_for "LWS webhook server" 30 tls_ok "$webhook_port"
+  lws_webhooks_up "$webhook_port"
+  log "LWS controller (health http://127.0.0.1:$health_port, webhooks https://127.0.0.1:$webhook_port)"
+}
+
+lws_down() {
+  stop_bg lws-controller "$LWS_STATE/config.yaml"
+}
+
 # --- kwok cluster ----------------------------------------------------------------------
 write_kwokctl_config() {
   cat >"$STATE/kwokctl.yaml" <<EOF
@@ -228,6 +389,7 @@ cluster_up() {
     log "recreating the stopped kwok cluster $CLUSTER_NAME"
     kwokctl -v WARN delete cluster --name "$CLUSTER_NAME" || true
   fi
+  lws_down # a controller left from an earlier cluster would talk to the wrong apiserver
   write_kwokctl_config
   log "creating kwok cluster $CLUSTER_NAME (runtime binary)"
   rm -f "$KUBECONFIG_OUT"
@@ -254,9 +416,10 @@ EOF
 cmd_up() {
   local start=$SECONDS
   [[ -x "$PYTHON" ]] || die "$PYTHON is missing (run make venv, or set E2E_PYTHON)"
-  mkdir -p "$STATE" "$LOGS"
-  "$HERE/tools.sh" etcd kwok k8s
+  mkdir -p "$STATE" "$LOGS" "$LWS_STATE"
+  "$HERE/tools.sh" etcd kwok k8s lws
   cluster_up
+  lws_up
   obs_up "$KUBECONFIG_OUT"
   write_env "$KUBECONFIG_OUT"
   log "up in $((SECONDS - start))s"
@@ -270,7 +433,8 @@ leftover_pids() { # cluster components (a cached binary, run for this cluster) s
   for p in /proc/[0-9]*; do
     exe="$(readlink -f "$p/exe" 2>/dev/null)" || continue
     [[ "$exe" == "$BIN_DIR/"* ]] || continue
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$KWOK_WORKDIR/clusters/$CLUSTER_NAME/"; then
+    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null |
+      grep -qF -e "$KWOK_WORKDIR/clusters/$CLUSTER_NAME/" -e "$LWS_STATE/config.yaml"; then
       echo "${p#/proc/}"
     fi
   done
@@ -278,6 +442,7 @@ leftover_pids() { # cluster components (a cached binary, run for this cluster) s
 
 cmd_down() {
   obs_down
+  lws_down
   if cluster_exists; then
     log "deleting kwok cluster $CLUSTER_NAME"
     kwokctl -v WARN delete cluster --name "$CLUSTER_NAME" || true
@@ -298,6 +463,12 @@ cmd_status() { # exit status 0 only when everything runs
     log "kwok cluster $CLUSTER_NAME: running (KUBECONFIG=$KUBECONFIG_OUT)"
   else
     log "kwok cluster $CLUSTER_NAME: not running"
+    rc=1
+  fi
+  if pid_alive lws-controller "$LWS_STATE/config.yaml"; then
+    log "LWS controller: running (health http://127.0.0.1:$(cat "$LWS_STATE/health-port"))"
+  else
+    log "LWS controller: stopped"
     rc=1
   fi
   if pid_alive engine-sim engine_sim.py; then

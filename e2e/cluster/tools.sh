@@ -7,28 +7,35 @@
 # reuses it:   ${LLM_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llm-operator}/bin
 # A stamp per binary records what it was built from; a binary whose stamp matches is
 # skipped, so a warm run takes well under a second.
+# CRDs shipped inside a pinned module (LeaderWorkerSet) are copied the same way, with
+# the same stamps, to <cache>/crds; tests/test_render.py and cluster.sh read them there.
 #
-# Usage: e2e/cluster/tools.sh [--print-bin-dir] [group...]   (groups: etcd kwok k8s helm)
+# Usage: e2e/cluster/tools.sh [--print-bin-dir|--print-crd-dir] [group...]
+#        (groups: etcd kwok k8s helm lws lws-crds; default: all but lws-crds, which
+#        lws includes)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${LLM_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llm-operator}"
 BIN_DIR="$CACHE/bin"
+CRD_DIR="$CACHE/crds"
 STAMP_DIR="$CACHE/stamps"
 
-if [[ "${1:-}" == "--print-bin-dir" ]]; then
-  echo "$BIN_DIR"
-  exit 0
-fi
+case "${1:-}" in
+  --print-bin-dir) echo "$BIN_DIR"; exit 0 ;;
+  --print-crd-dir) echo "$CRD_DIR"; exit 0 ;;
+esac
 
 # Pinned versions. They must agree with the wrapper go.mod files (checked below).
 K8S_VERSION=v1.34.4
 ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
+# NOTE: v0.9.0 is the newest sigs.k8s.io/lws release the module proxy serves here.
+LWS_VERSION=v0.9.0
 
 command -v go >/dev/null || { echo "tools.sh: Go is required (go 1.26+)" >&2; exit 1; }
-mkdir -p "$BIN_DIR" "$STAMP_DIR"
+mkdir -p "$BIN_DIR" "$CRD_DIR" "$STAMP_DIR"
 
 export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod"
@@ -125,13 +132,61 @@ build_helm() {
     "helm=helm.sh/helm/v3/cmd/helm"
 }
 
+# copy_crds GROUP MODULE VERSION file...: copy CRD manifests shipped inside a pinned
+# module (paths relative to its root) from the Go module cache to $CRD_DIR.
+copy_crds() {
+  local group="$1" module="$2" version="$3"
+  shift 3
+  local want todo=() file dir
+  want="$(stamp_of "$group" "$version" "")"
+  for file in "$@"; do
+    if [[ -f "$CRD_DIR/${file##*/}" && -f "$STAMP_DIR/crd-${file##*/}" &&
+      "$(cat "$STAMP_DIR/crd-${file##*/}")" == "$want" ]]; then
+      log "${file##*/} $version: up to date"
+    else
+      todo+=("$file")
+    fi
+  done
+  [[ ${#todo[@]} -eq 0 ]] && return 0
+  # `go mod download -json` prints the module's directory in the module cache ("Dir").
+  dir="$(cd "$HERE/go/$group" && go mod download -json "$module" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
+  [[ -n "$dir" && -d "$dir" ]] || {
+    echo "tools.sh: go mod download $module did not give a module directory" >&2
+    exit 1
+  }
+  for file in "${todo[@]}"; do
+    # The module cache is read-only; the copy must be writable to be replaced later.
+    install -m 0644 "$dir/$file" "$CRD_DIR/${file##*/}"
+    echo "$want" >"$STAMP_DIR/crd-${file##*/}"
+    log "copied ${file##*/} ($module $version)"
+  done
+}
+
+build_lws_crds() {
+  require_pin lws sigs.k8s.io/lws "$LWS_VERSION"
+  # The controller also watches DisaggregatedSets, so the cluster needs both CRDs.
+  copy_crds lws sigs.k8s.io/lws "$LWS_VERSION" \
+    config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml \
+    config/crd/bases/disaggregatedset.x-k8s.io_disaggregatedsets.yaml
+}
+
+build_lws() {
+  build_lws_crds
+  # Its main package is sigs.k8s.io/lws/cmd; the release images call it "manager".
+  build lws "$LWS_VERSION" \
+    "-X sigs.k8s.io/lws/pkg/version.GitVersion=$LWS_VERSION -X sigs.k8s.io/lws/pkg/version.BuildDate=1970-01-01T00:00:00Z" \
+    "lws-controller-manager=sigs.k8s.io/lws/cmd"
+}
+
 groups=("$@")
-[[ ${#groups[@]} -eq 0 ]] && groups=(etcd kwok k8s helm)
+[[ ${#groups[@]} -eq 0 ]] && groups=(etcd kwok k8s helm lws)
 total=$SECONDS
 for g in "${groups[@]}"; do
   case "$g" in
-    etcd | kwok | k8s | helm) "build_$g" ;;
-    *) echo "tools.sh: unknown group $g (etcd kwok k8s helm)" >&2; exit 2 ;;
+    etcd | kwok | k8s | helm | lws) "build_$g" ;;
+    lws-crds) build_lws_crds ;;
+    *) echo "tools.sh: unknown group $g (etcd kwok k8s helm lws lws-crds)" >&2; exit 2 ;;
   esac
 done
-log "binaries in $BIN_DIR ($((SECONDS - total))s)"
+log "binaries in $BIN_DIR, CRDs in $CRD_DIR ($((SECONDS - total))s)"
