@@ -43,11 +43,13 @@ class Row:
     metric: str
     value: float
     source: str
+    approximate: bool = False  # a token count was given as "~N"
 
     @property
     def weight(self) -> float:
-        """Rows whose source says inputs or units are unclear count half."""
-        return 0.5 if ("not stated" in self.source or "~" in self.source) else 1.0
+        """Rows with "~N" token counts, or whose source says inputs are unclear, count half."""
+        unclear = "not stated" in self.source or "~" in self.source
+        return 0.5 if (unclear or self.approximate) else 1.0
 
 
 def _int(text: str) -> int | None:
@@ -73,6 +75,9 @@ def read_rows(path: Path) -> list[Row]:
                 metric=r["metric"],
                 value=float(r["value"]),
                 source=r["source"],
+                approximate=any(
+                    r[k].strip().startswith("~") for k in ("input_tokens", "output_tokens")
+                ),
             )
             for r in csv.DictReader(f)
         ]
