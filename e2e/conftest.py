@@ -156,12 +156,20 @@ def operator_process(
 ) -> Iterator[OperatorProcess]:
     """The real `llm-operator run`, authenticated as the chart's ServiceAccount.
 
-    The drift timer runs every 2 s here (30 s by default) so reverts are quick to observe.
+    The drift and autoscaler timers run every 2 s here (30 s and 15 s by default), so
+    reverts and scaling are quick to observe; the autoscaler reads the e2e Prometheus.
     """
     work = tmp_path_factory.mktemp("operator")
     kubeconfig = token_kubeconfig(cluster.kubeconfig, cluster.api, work / "kubeconfig")
     op = OperatorProcess(
-        kubeconfig, work / "operator.log", extra_env={"LLM_OPERATOR_RECONCILE_INTERVAL": "2"}
+        kubeconfig,
+        work / "operator.log",
+        extra_env={
+            "LLM_OPERATOR_RECONCILE_INTERVAL": "2",
+            "LLM_OPERATOR_AUTOSCALE_INTERVAL": "2",
+            "LLM_OPERATOR_PROMETHEUS_URL": cluster.prometheus_url,
+            "LLM_OPERATOR_QUERY_TIMEOUT": "2",
+        },
     )
     op.start()
     request.config.stash[_operator_key] = op

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from kubernetes import client
@@ -105,3 +108,22 @@ def scalar(prometheus: Any, query: str) -> float | None:
         return None
     assert len(result) == 1, f"{query} returned {len(result)} series"
     return float(result[0]["value"][1])
+
+
+def prometheus_pid(state_dir: Path) -> int | None:
+    """The pid of the Prometheus that e2e/cluster/cluster.sh started, if it runs."""
+    try:
+        pid = int((state_dir / "prometheus.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    return pid
+
+
+def stop_prometheus(state_dir: Path) -> None:
+    """Stop the e2e Prometheus (the autoscaler then sees no metrics)."""
+    pid = prometheus_pid(state_dir)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        eventually(lambda: prometheus_pid(state_dir) is None or None, timeout=30,
+                   description="prometheus stopped")  # fmt: skip
