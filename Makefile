@@ -48,7 +48,12 @@ crds: $(STAMP) ## Regenerate crds/ from the pydantic models
 	$(BIN)/llmctl crd > crds/serving.llm-operator.io_llmdeployments.yaml
 
 .PHONY: demo
-demo: $(STAMP) ## Plan every bundled example and show the chosen hardware
+demo: $(STAMP) tools ## The operator on the local cluster: plan, place, serve and autoscale the examples
+	@e2e/cluster/cluster.sh up
+	@$(BIN)/python e2e/demo.py
+
+.PHONY: plans
+plans: $(STAMP) ## Plan every bundled example offline (no cluster)
 	@for f in examples/*.yaml; do echo "== $$f"; $(BIN)/llmctl plan -f $$f || exit 1; done
 
 include e2e/cluster/cluster.mk

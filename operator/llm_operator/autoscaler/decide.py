@@ -178,6 +178,8 @@ class ScalerState:
         last_scale_time: when the replica count last changed.
         last_active_time: when demand was last seen (or data was last missing).
         capacity_estimate: measured output tokens/s per saturated replica, if any.
+        saturated_since: start of the current run of saturated observations; None when
+            the last one was not saturated.
     """
 
     recommendations: tuple[tuple[float, int], ...] = ()
@@ -185,6 +187,7 @@ class ScalerState:
     last_scale_time: float | None = None
     last_active_time: float | None = None
     capacity_estimate: float | None = None
+    saturated_since: float | None = None
 
     def to_json(self) -> str:
         """Compact JSON, e.g. `{"v":1,"rec":[[1700000000.0,3]],"since":...}`."""
@@ -195,6 +198,7 @@ class ScalerState:
             "lastScale": self.last_scale_time,
             "lastActive": self.last_active_time,
             "capacity": self.capacity_estimate,
+            "saturatedSince": self.saturated_since,
         }
         return json.dumps(doc, separators=(",", ":"))
 
@@ -225,6 +229,7 @@ class ScalerState:
                 last_scale_time=_opt_float(doc.get("lastScale")),
                 last_active_time=_opt_float(doc.get("lastActive")),
                 capacity_estimate=_opt_positive(doc.get("capacity")),
+                saturated_since=_opt_float(doc.get("saturatedSince")),
             )
         except (ValueError, TypeError, OverflowError):
             return cls()
@@ -301,7 +306,9 @@ def decide(
         return _hold(observation, now, current, policy, replica, state, affordable, planned)
 
     served = max(0.0, observation.output_tokens_per_second)
-    estimate = _refine_capacity(observation, served, now, current, ready_replicas, planned, state)
+    estimate, saturated_since = _refine_capacity(
+        observation, served, now, current, ready_replicas, planned, state
+    )
     per_replica = (estimate if estimate is not None else planned) * policy.target_utilization
     demand = _demand(observation, served, per_replica)
     needed = _recommend(demand, per_replica, current, policy.tolerance)
@@ -346,6 +353,7 @@ def decide(
         last_scale_time=now if desired != current else state.last_scale_time,
         last_active_time=last_active,
         capacity_estimate=estimate,
+        saturated_since=saturated_since,
     )
     return Decision(
         replicas=desired,
@@ -410,31 +418,39 @@ def _refine_capacity(
     ready: int,
     planned: float,
     state: ScalerState,
-) -> float | None:
-    """The measured tokens/s per replica, or None while the prediction stands.
+) -> tuple[float | None, float | None]:
+    """The measured tokens/s per replica (None while the prediction stands), and when the
+    current run of saturated observations began.
 
     Saturated means requests wait in the engines' queues or the KV cache is nearly full:
     then the served rate per ready replica is what a replica can do (a moving average).
-    Without saturation a rate above the prediction (or the estimate) proves it low. No
-    update while replicas start or stop, or within `SETTLE_S` of a scaling action: the
-    token rate is averaged over a minute and lags the replica count.
+    Without saturation a rate above the prediction (or the estimate) proves it low. The
+    token rate is averaged over a minute while the queue gauges are instant, so after a
+    load step the queue fills long before the rate shows what the replicas serve: a
+    saturated sample counts only once saturation has lasted `SETTLE_S`, and nothing is
+    measured while replicas start or stop or within `SETTLE_S` of a scaling action.
     """
     estimate = state.capacity_estimate
-    settling = state.last_scale_time is not None and now - state.last_scale_time < SETTLE_S
-    if ready <= 0 or served <= 0 or ready != current or settling:
-        return estimate
-    per_ready = served / ready
     waiting = observation.waiting_requests or 0.0
     kv = observation.kv_cache_usage
     saturated = waiting > 0 or (kv is not None and kv >= SATURATED_KV_USAGE)
+    since = (
+        (state.saturated_since if state.saturated_since is not None else now) if saturated else None
+    )
+    settling = state.last_scale_time is not None and now - state.last_scale_time < SETTLE_S
+    if ready <= 0 or served <= 0 or ready != current or settling:
+        return estimate, since
+    per_ready = served / ready
     if saturated:
+        if since is not None and now - since < SETTLE_S:
+            return estimate, since
         estimate = per_ready if estimate is None else 0.5 * estimate + 0.5 * per_ready
     elif per_ready > (planned if estimate is None else estimate):
         estimate = per_ready
     if estimate is None:
-        return None
+        return None, since
     low, high = CAPACITY_BOUNDS
-    return min(max(estimate, low * planned), high * planned)
+    return min(max(estimate, low * planned), high * planned), since
 
 
 def _demand(observation: Observation, served: float, per_replica: float) -> float:
