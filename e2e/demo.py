@@ -24,8 +24,8 @@ from kubernetes import client, config
 # The e2e helpers and the chart renderer are plain modules of this checkout.
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from helpers import GROUP, PLURAL, VERSION, set_load
-from operator_proc import OperatorProcess, apply_all, token_kubeconfig
+from helpers import GROUP, PLURAL, VERSION, set_load  # noqa: E402
+from operator_proc import OperatorProcess, apply_all, token_kubeconfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("E2E_STATE_DIR", REPO / "e2e" / ".state"))
