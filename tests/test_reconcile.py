@@ -119,3 +119,51 @@ def test_prune_only_owned_children_not_rendered() -> None:
     foreign = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "theirs"}}
     live = {diff.key(o): o for o in (owned, foreign)}
     assert diff.to_prune([], live, "uid-1") == [owned]
+
+
+def _settled(catalog: Catalog, desired_replicas: int) -> dict[str, Any]:
+    """The status of the 8B example after planning, with the autoscaler's replica count."""
+    first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
+    status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return {**status, "desiredReplicas": desired_replicas}
+
+
+def test_spec_change_that_keeps_the_plan_is_not_a_replan(catalog: Catalog) -> None:
+    """An HPA writing spec.replicas, or new scaling bounds, bump the generation only."""
+    llmd = example("8b-a10g", generation=2, status=_settled(catalog, 3))
+    d = desired_state(llmd, catalog, None, ChildState(), now=LATER)
+    assert [e.reason for e in d.events] == []
+    assert d.status.desired_replicas == 3  # where the autoscaler put it, not the plan's
+    assert d.status.observed_generation == 2
+
+
+def test_kept_replicas_follow_new_bounds(catalog: Catalog) -> None:
+    llmd = example("8b-a10g", generation=2, status=_settled(catalog, 1))
+    raised = llmd.model_copy(
+        update={
+            "spec": llmd.spec.model_copy(
+                update={"scaling": llmd.spec.scaling.model_copy(update={"min_replicas": 2})}
+            )
+        }
+    )
+    d = desired_state(raised, catalog, None, ChildState(), now=LATER)
+    assert d.status.desired_replicas == 2  # kept 1, raised to the new floor (not re-planned)
+    workload = next(o for o in d.objects if o["kind"] == "Deployment")
+    assert workload["spec"]["replicas"] == 2
+
+
+def test_external_scaling_takes_spec_replicas(catalog: Catalog) -> None:
+    llmd = example("8b-a10g", generation=2, status=_settled(catalog, 1))
+    external = llmd.model_copy(
+        update={
+            "spec": llmd.spec.model_copy(
+                update={
+                    "replicas": 3,
+                    "scaling": llmd.spec.scaling.model_copy(update={"mode": "external"}),
+                }
+            )
+        }
+    )
+    d = desired_state(external, catalog, None, ChildState(), now=LATER)
+    assert d.status.desired_replicas == 3
+    assert next(o for o in d.objects if o["kind"] == "Deployment")["spec"]["replicas"] == 3

@@ -475,3 +475,33 @@ def test_two_peered_operators_do_not_both_act_and_fail_over(
         for op in pair:
             op.stop()
         apply_all(cluster.api, identity_objects())  # back to the default (no peering) RBAC
+
+
+def test_an_external_autoscaler_drives_replicas_through_the_scale_subresource(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    apps: client.AppsV1Api,
+    core: client.CoreV1Api,
+    namespace: str,
+) -> None:
+    """What an HPA or KEDA does: write /scale; the built-in autoscaler stands down."""
+    name = create(custom, namespace, llmd("hpa", scaling={"mode": "external", "maxReplicas": 4}))
+    wait_ready(custom, namespace, name)
+    scale = custom.get_namespaced_custom_object_scale(GROUP, VERSION, namespace, PLURAL, name)
+    assert scale["status"]["selector"] == f"{LLMD_LABEL}={name}"
+
+    custom.patch_namespaced_custom_object_scale(
+        GROUP, VERSION, namespace, PLURAL, name, {"spec": {"replicas": 3}}
+    )
+
+    def scaled() -> bool:
+        assert apps.read_namespaced_deployment(name, namespace).spec.replicas == 3
+        s = custom.get_namespaced_custom_object_scale(GROUP, VERSION, namespace, PLURAL, name)
+        assert s["status"]["replicas"] == 3, s["status"]
+        return True
+
+    eventually(scaled, timeout=60, interval=1, description="3 replicas through /scale")
+    obj = wait_ready(custom, namespace, name)
+    assert obj["status"]["desiredReplicas"] == 3
+    reasons = [e.reason for e in events_for(core, namespace, name)]
+    assert "Replanned" not in reasons, reasons  # a replica count is not a new plan

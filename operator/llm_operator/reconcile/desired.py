@@ -86,8 +86,14 @@ def _choose_plan(
     except PlanInputError as err:
         field_name = str(err).split(":", 1)[0]
         raise InvalidSpecError(field_name, str(err).split(":", 1)[1].strip()) from err
+    chosen = result.chosen.to_status() if result.chosen else None
+    if status is not None and status.plan is not None and chosen == status.plan:
+        # NOTE: a spec change that leaves the plan as it was (scaling bounds, the scale
+        # subresource an HPA writes, a budget with room) is not a re-plan: no event, and
+        # the replica count stays where the autoscaler (or the HPA) put it.
+        return status.plan, None, "unchanged"
     reason = "spec changed" if status is not None and status.plan is not None else "new"
-    return (result.chosen.to_status() if result.chosen else None), result, reason
+    return chosen, result, reason
 
 
 def _replicas(llmd: LLMDeployment, result: PlanResult | None) -> int:
@@ -96,7 +102,8 @@ def _replicas(llmd: LLMDeployment, result: PlanResult | None) -> int:
         return spec.replicas
     status = llmd.status
     if status is not None and status.desired_replicas is not None and result is None:
-        return status.desired_replicas
+        bounds = spec.scaling
+        return min(max(status.desired_replicas, bounds.min_replicas), bounds.max_replicas)
     if result is not None:
         return result.replicas
     return max(1, spec.scaling.min_replicas)
