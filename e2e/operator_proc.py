@@ -76,9 +76,21 @@ def install_identity(api: client.ApiClient) -> tuple[str, str]:
     return sa["metadata"]["namespace"], sa["metadata"]["name"]
 
 
-def token_kubeconfig(admin_kubeconfig: str, api: client.ApiClient, out: Path) -> Path:
-    """A kubeconfig that authenticates as the operator's ServiceAccount (bearer token)."""
-    namespace, name = install_identity(api)
+def token_kubeconfig(
+    admin_kubeconfig: str,
+    api: client.ApiClient,
+    out: Path,
+    service_account: tuple[str, str] | None = None,
+) -> Path:
+    """A kubeconfig that authenticates as a ServiceAccount (bearer token).
+
+    Args:
+        admin_kubeconfig: the cluster's admin kubeconfig (server and CA are copied).
+        api: an admin client.
+        out: where to write the kubeconfig.
+        service_account: (namespace, name); default: install.yaml's, applied first.
+    """
+    namespace, name = service_account or install_identity(api)
     request = client.AuthenticationV1TokenRequest(
         spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=6 * 3600)
     )

@@ -167,3 +167,21 @@ def test_external_scaling_takes_spec_replicas(catalog: Catalog) -> None:
     d = desired_state(external, catalog, None, ChildState(), now=LATER)
     assert d.status.desired_replicas == 3
     assert next(o for o in d.objects if o["kind"] == "Deployment")["spec"]["replicas"] == 3
+
+
+def test_unschedulable_pods_degrade_with_one_warning(catalog: Catalog) -> None:
+    first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
+    status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    stuck = ChildState(
+        exists=True,
+        replicas=3,
+        ready_replicas=2,
+        updated_replicas=3,
+        unschedulable="pod x: 0/14 nodes are available: 4 Insufficient nvidia.com/gpu.",
+    )
+    d = desired_state(example("8b-a10g", status=status), catalog, None, stuck, now=LATER)
+    assert (cond(d, "Degraded").status, cond(d, "Degraded").reason) == ("True", "Unschedulable")
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "Unschedulable")]
+    again_status = d.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    again = desired_state(example("8b-a10g", status=again_status), catalog, None, stuck, now=LATER)
+    assert again.events == []  # once per episode, not every pass
