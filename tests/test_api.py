@@ -71,6 +71,7 @@ def test_max_model_len_is_int_or_string() -> None:
         ({"scaling": {"scaleToZeroAfterSeconds": 60}}, "scaling", "minReplicas: 0"),
         ({"workload": {"inputTokens": 0}}, "workload.inputTokens", "greater than"),
         ({"budget": {"maxCostPerHour": 1, "maxCostPerHuor": 2}}, "budget", "Extra inputs"),
+        ({"scaling": {"mode": "external"}}, "", "replicas is required when scaling.mode"),
     ],
 )
 def test_invalid_specs_name_the_field(overrides: dict[str, Any], field: str, message: str) -> None:

@@ -16,8 +16,8 @@ from tests.fakes import FakePrometheus, vector
 NOW = 1_800_000_000.0
 
 
-def planned(catalog: Catalog, replicas: int = 2, **spec: Any) -> LLMDeployment:
-    """A planned LLMDeployment whose status says `replicas` exist and are ready."""
+def planned(catalog: Catalog, running: int = 2, **spec: Any) -> LLMDeployment:
+    """A planned LLMDeployment whose status says `running` replicas exist and are ready."""
     s = make_spec(hardware={"gpuTypes": ["H100"]}, **spec)
     result = plan(s, catalog)
     assert result.chosen is not None
@@ -28,9 +28,9 @@ def planned(catalog: Catalog, replicas: int = 2, **spec: Any) -> LLMDeployment:
             "status": {
                 "observedGeneration": 1,
                 "plan": result.chosen.to_status().model_dump(by_alias=True),
-                "replicas": replicas,
-                "readyReplicas": replicas,
-                "desiredReplicas": replicas,
+                "replicas": running,
+                "readyReplicas": running,
+                "desiredReplicas": running,
             },
         }
     )
@@ -50,14 +50,14 @@ def condition(t: loop.Tick, type_: str) -> tuple[str, str]:
 def test_active_only_for_a_current_plan_with_the_builtin_scaler(catalog: Catalog) -> None:
     llmd = planned(catalog)
     assert loop.active(llmd)
-    external = planned(catalog, scaling={"mode": "external"})
+    external = planned(catalog, replicas=2, scaling={"mode": "external"})
     assert not loop.active(external)
     stale = llmd.model_copy(update={"metadata": {**llmd.metadata, "generation": 2}})
     assert not loop.active(stale)  # the spec changed: the reconcile re-plans first
 
 
 def test_missing_metrics_hold_replicas_and_flip_metrics_available(catalog: Catalog) -> None:
-    llmd = planned(catalog, replicas=3)
+    llmd = planned(catalog, running=3)
     t = loop.tick(FakePrometheus({}), llmd, now=NOW, timeout_s=1, last_persisted=None)
     assert t.decision.replicas == 3 and not t.scaled
     assert condition(t, cond.METRICS_AVAILABLE) == ("False", "NoMetrics")
@@ -65,7 +65,7 @@ def test_missing_metrics_hold_replicas_and_flip_metrics_available(catalog: Catal
 
 
 def test_observed_rate_capacity_and_cost_per_token_reach_status(catalog: Catalog) -> None:
-    llmd = planned(catalog, replicas=2)
+    llmd = planned(catalog, running=2)
     served = per_replica(llmd) * 1.2  # two replicas at 60%
     fake = FakePrometheus({"generation_tokens": vector(served)}, default=vector(0))
     t = loop.tick(fake, llmd, now=NOW, timeout_s=1, last_persisted=None)
@@ -81,7 +81,7 @@ def test_observed_rate_capacity_and_cost_per_token_reach_status(catalog: Catalog
 
 
 def test_demand_beyond_the_budget_sets_budget_limited_once(catalog: Catalog) -> None:
-    base = planned(catalog, replicas=1)
+    base = planned(catalog, running=1)
     assert base.status is not None and base.status.plan is not None
     budget = base.status.plan.cost_per_hour * 2.5  # affords 2 replicas
     llmd = planned(
@@ -107,7 +107,7 @@ def test_demand_beyond_the_budget_sets_budget_limited_once(catalog: Catalog) -> 
 def test_state_is_persisted_on_change_of_replicas_else_at_most_once_a_window(
     catalog: Catalog,
 ) -> None:
-    llmd = planned(catalog, replicas=2, scaling={"scaleDownStabilizationSeconds": 120})
+    llmd = planned(catalog, running=2, scaling={"scaleDownStabilizationSeconds": 120})
     steady = FakePrometheus({"generation_tokens": vector(per_replica(llmd))}, default=vector(0))
     first = loop.tick(steady, llmd, now=NOW, timeout_s=1, last_persisted=None)
     assert first.persist_state is not None  # nothing persisted by this process yet

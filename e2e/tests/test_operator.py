@@ -20,6 +20,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from helpers import GROUP, PLURAL, VERSION, Cluster, eventually
+from llm_operator.autoscaler.loop import STATE_ANNOTATION
 from llm_operator.catalog import load_catalog
 from operator_proc import (
     IDENTITY_KINDS,
@@ -364,12 +365,20 @@ def test_unchanged_spec_causes_zero_writes(
             core.read_namespaced_service(name, namespace).metadata.resource_version,
         )
 
+    # The autoscaler has had its first tick: its condition and its state annotation.
+    def autoscaler_ticked() -> bool:
+        obj = get(custom, namespace, name)
+        assert condition(obj, "MetricsAvailable")["status"] == "True"
+        assert STATE_ANNOTATION in obj["metadata"].get("annotations", {}), obj["metadata"]
+        return True
+
+    eventually(autoscaler_ticked, timeout=60, description="the autoscaler's first tick")
     # Settled: two reads in a row see the same versions (the last status write is done).
     settled = eventually(
         lambda: (v := versions()) == versions() and v, timeout=30, description="settled"
     )
     passes = reconcile_passes(operator)
-    # The drift timer re-reconciles every 2 s: let it run at least three times.
+    # The drift and autoscaler timers run every 2 s: let them run at least three times.
     eventually(lambda: reconcile_passes(operator) >= passes + 3, timeout=60, description="3 passes")
     assert versions() == settled
 
@@ -461,16 +470,27 @@ def test_two_peered_operators_do_not_both_act_and_fail_over(
     try:
         for op in pair:
             op.start()
+
+        def one_paused() -> OperatorProcess:
+            paused = [op for op in pair if "Pausing operations in favour of" in op.tail(400)]
+            assert len(paused) == 1, [op.tail(5) for op in pair]
+            return paused[0]
+
+        standby = eventually(one_paused, timeout=60, description="one operator pauses")
+        active = pair[1] if standby is pair[0] else pair[0]
+        idle = reconcile_passes(standby)
         first = create(custom, namespace, llmd("ha-1"))
         wait_ready(custom, namespace, first)
-        passes = [reconcile_passes(op) for op in pair]
-        assert sorted(p > 0 for p in passes) == [False, True], passes
-        active, standby = pair if passes[0] > 0 else pair[::-1]
+        eventually(  # a few drift passes of the active one on the new object
+            lambda: reconcile_passes(active) >= 3, timeout=60, description="active works"
+        )
+        assert reconcile_passes(standby) == idle, "the standby acted"
 
         active.stop(signal.SIGKILL)  # no goodbye: the standby waits for the keep-alive to lapse
         second = create(custom, namespace, llmd("ha-2"))
         wait_ready(custom, namespace, second, timeout=180)
-        assert reconcile_passes(standby) > 0
+        assert reconcile_passes(standby) > idle
+        assert "Resuming operations after the pause" in standby.tail(400)
     finally:
         for op in pair:
             op.stop()
@@ -485,7 +505,12 @@ def test_an_external_autoscaler_drives_replicas_through_the_scale_subresource(
     namespace: str,
 ) -> None:
     """What an HPA or KEDA does: write /scale; the built-in autoscaler stands down."""
-    name = create(custom, namespace, llmd("hpa", scaling={"mode": "external", "maxReplicas": 4}))
+    with pytest.raises(ApiException) as info:  # the scale target needs a starting count
+        create(custom, namespace, llmd("no-replicas", scaling={"mode": "external"}))
+    assert "replicas is required when scaling.mode is external" in info.value.body
+    name = create(
+        custom, namespace, llmd("hpa", replicas=1, scaling={"mode": "external", "maxReplicas": 4})
+    )
     wait_ready(custom, namespace, name)
     scale = custom.get_namespaced_custom_object_scale(GROUP, VERSION, namespace, PLURAL, name)
     assert scale["status"]["selector"] == f"{LLMD_LABEL}={name}"

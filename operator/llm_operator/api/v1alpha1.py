@@ -544,6 +544,14 @@ class LLMDeploymentSpec(ApiModel):
             check=lambda s: s.features.speculative_decoding is None or s.engine in ("auto", "vllm"),
             field_path=".engine",
         ),
+        Rule(
+            cel="!has(self.scaling) || !has(self.scaling.mode) || "
+            "self.scaling.mode != 'external' || has(self.replicas)",
+            message="replicas is required when scaling.mode is external: set it to the starting "
+            "replica count (the HPA/KEDA scale target reads and writes it)",
+            check=lambda s: s.scaling.mode != "external" or s.replicas is not None,
+            field_path=".replicas",
+        ),
     )
 
 
