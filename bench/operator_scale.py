@@ -38,7 +38,7 @@ sys.path[:0] = [str(REPO / "e2e"), str(REPO / "e2e" / "cluster"), str(REPO)]
 
 from nodes import node_manifests  # noqa: E402
 
-from helpers import GROUP, PLURAL, VERSION  # noqa: E402
+from helpers import GROUP, PLURAL, VERSION, llmd_body  # noqa: E402
 from operator_proc import OperatorProcess, apply_all, token_kubeconfig  # noqa: E402
 
 STATE = Path(os.environ.get("E2E_STATE_DIR", REPO / "e2e" / ".state"))
@@ -49,20 +49,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def llmd(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "LLMDeployment",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
-            "quantization": "bf16",
-            "engine": "vllm",
-            "context": {"maxModelLen": 8192},
-            "workload": {"inputTokens": 1024, "outputTokens": 256},
-            "hardware": {"gpuTypes": ["H100"]},
-            "scaling": {"minReplicas": 1, "maxReplicas": 1},
-        },
-    }
+    body = llmd_body(name, scaling={"minReplicas": 1, "maxReplicas": 1})
+    body["metadata"]["namespace"] = NAMESPACE
+    return body
 
 
 def proc_usage(pid: int) -> tuple[float, float]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from kubernetes import client, config
 # The e2e helpers and the chart renderer are plain modules of this checkout.
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from helpers import GROUP, PLURAL, VERSION, set_load  # noqa: E402
+from helpers import GROUP, PLURAL, VERSION, kubectl, set_load  # noqa: E402
 from operator_proc import OperatorProcess, apply_all, token_kubeconfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,14 +36,8 @@ def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m", flush=True)
 
 
-def kubectl(kubeconfig: str, *args: str) -> None:
-    bin_dir = subprocess.run(
-        [str(REPO / "e2e" / "cluster" / "tools.sh"), "--print-bin-dir"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    subprocess.run([f"{bin_dir}/kubectl", "--kubeconfig", kubeconfig, *args], check=False)
+def show(kubeconfig: str, *args: str) -> None:
+    print(kubectl(kubeconfig, *args), end="", flush=True)
 
 
 def env_of(state: Path) -> dict[str, str]:
@@ -84,7 +77,7 @@ def main() -> int:
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
 
     say("The cluster: real kube-apiserver, scheduler and controller-manager; kwok GPU nodes")
-    kubectl(kubeconfig, "get", "nodes", "-L", "nvidia.com/gpu.product,nvidia.com/gpu.count")
+    show(kubeconfig, "get", "nodes", "-L", "nvidia.com/gpu.product,nvidia.com/gpu.count")
 
     say("Install: the CRD and the operator's ServiceAccount + least-privilege RBAC")
     install = [d for d in yaml.safe_load_all((REPO / "manifests" / "install.yaml").read_text())]
@@ -142,9 +135,9 @@ def run(
     settle(custom, names, timeout=120)
 
     say("Plans, replicas and cost (printer columns)")
-    kubectl(kubeconfig, "-n", NAMESPACE, "get", "llmd")
+    show(kubeconfig, "-n", NAMESPACE, "get", "llmd")
     say("Where the real kube-scheduler placed the engine pods")
-    kubectl(kubeconfig, "-n", NAMESPACE, "get", "pods", "-o", "wide")
+    show(kubeconfig, "-n", NAMESPACE, "get", "pods", "-o", "wide")
     say(f"Why llmd/{SCALED} looks the way it does (status)")
     obj = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, SCALED)
     print(yaml.safe_dump({"status": obj.get("status")}, sort_keys=False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -127,3 +128,39 @@ def stop_prometheus(state_dir: Path) -> None:
         os.kill(pid, signal.SIGTERM)
         eventually(lambda: prometheus_pid(state_dir) is None or None, timeout=30,
                    description="prometheus stopped")  # fmt: skip
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def kubectl(kubeconfig: str, *args: str) -> str:
+    """Run the pinned kubectl (`make tools`), else the one on PATH; return its stdout."""
+    bin_dir = subprocess.run(
+        [str(REPO / "e2e" / "cluster" / "tools.sh"), "--print-bin-dir"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    exe = Path(bin_dir) / "kubectl"
+    cmd = [str(exe) if exe.exists() else "kubectl", "--kubeconfig", kubeconfig, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+def llmd_body(name: str, **spec: Any) -> dict[str, Any]:
+    """A small LLMDeployment: Llama-3.1-8B bf16 on one H100, 1-2 replicas; `spec` replaces
+    top-level spec fields."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "LLMDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+            "quantization": "bf16",
+            "engine": "vllm",
+            "context": {"maxModelLen": 8192},
+            "workload": {"inputTokens": 1024, "outputTokens": 256},
+            "hardware": {"gpuTypes": ["H100"]},
+            "scaling": {"minReplicas": 1, "maxReplicas": 2},
+            **spec,
+        },
+    }

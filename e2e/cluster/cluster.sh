@@ -364,6 +364,13 @@ options:
   kwokControllerBinary: $BIN_DIR/kwok
   cacheDir: $STATE/kwok/cache
   quietPull: true
+componentsPatches:
+  # kube-apiserver's default service range is a /24 (254 Services); one LLMDeployment
+  # needs a Service, and the benchmarks create hundreds. kubeadm's default range.
+  - name: kube-apiserver
+    extraArgs:
+      - key: service-cluster-ip-range
+        value: 10.96.0.0/16
 EOF
 }
 

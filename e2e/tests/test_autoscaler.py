@@ -25,6 +25,7 @@ from helpers import (
     Cluster,
     clear_load,
     eventually,
+    llmd_body,
     prometheus_pid,
     set_load,
     stop_prometheus,
@@ -42,7 +43,7 @@ DOWN_WINDOW_S = 20
 
 
 def body(name: str, **spec: Any) -> dict[str, Any]:
-    """Llama-3.1-8B bf16 on one H100 per replica, with short autoscaler windows."""
+    """The e2e LLMDeployment (one H100 per replica) with short autoscaler windows."""
     scaling = {
         "minReplicas": 1,
         "maxReplicas": 4,
@@ -50,21 +51,7 @@ def body(name: str, **spec: Any) -> dict[str, Any]:
         "scaleDownStabilizationSeconds": DOWN_WINDOW_S,
         **spec.pop("scaling", {}),
     }
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "LLMDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
-            "quantization": "bf16",
-            "engine": "vllm",
-            "context": {"maxModelLen": 8192},
-            "workload": {"inputTokens": 1024, "outputTokens": 256},
-            "hardware": {"gpuTypes": ["H100"]},
-            "scaling": scaling,
-            **spec,
-        },
-    }
+    return llmd_body(name, scaling=scaling, **spec)
 
 
 class Scaled:

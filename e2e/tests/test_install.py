@@ -19,7 +19,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from charts import render_manifests
-from helpers import GROUP, PLURAL, VERSION, Cluster, eventually
+from helpers import GROUP, PLURAL, VERSION, Cluster, eventually, kubectl
 from operator_proc import OperatorProcess, token_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,18 +32,6 @@ A10G_PRICE = 0.777  # USD/h in the test's catalog (the built-in one says 1.006)
 
 def helm(cluster: Cluster, *args: str) -> str:
     cmd = [render_manifests.find_helm(), "--kubeconfig", cluster.kubeconfig, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-
-
-def kubectl(cluster: Cluster, *args: str) -> str:
-    bin_dir = subprocess.run(
-        [str(REPO / "e2e" / "cluster" / "tools.sh"), "--print-bin-dir"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    exe = Path(bin_dir) / "kubectl"
-    cmd = [str(exe) if exe.exists() else "kubectl", "--kubeconfig", cluster.kubeconfig, *args]
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
@@ -182,10 +170,10 @@ def test_helm_install_gives_the_operator_all_it_needs_and_no_more(
 
 def test_reapplying_install_yaml_changes_nothing(cluster: Cluster, crds: list[str]) -> None:
     install = str(REPO / "manifests" / "install.yaml")
-    kubectl(cluster, "apply", "--server-side", "--force-conflicts", "-f", install)
+    kubectl(cluster.kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", install)
 
     def versions() -> dict[str, str]:
-        listed = json.loads(kubectl(cluster, "get", "-f", install, "-o", "json"))
+        listed = json.loads(kubectl(cluster.kubeconfig, "get", "-f", install, "-o", "json"))
         return {
             f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
             for o in listed["items"]
@@ -193,7 +181,7 @@ def test_reapplying_install_yaml_changes_nothing(cluster: Cluster, crds: list[st
 
     before = versions()
     assert len(before) == len([d for d in yaml.safe_load_all(Path(install).read_text()) if d])
-    kubectl(cluster, "apply", "--server-side", "--force-conflicts", "-f", install)
+    kubectl(cluster.kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", install)
     assert versions() == before
     # and a server-side diff shows nothing to change
     subprocess.run(

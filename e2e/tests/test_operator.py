@@ -10,7 +10,6 @@ import copy
 import json
 import re
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from helpers import GROUP, PLURAL, VERSION, Cluster, eventually
+from helpers import GROUP, PLURAL, VERSION, Cluster, eventually, kubectl
+from helpers import llmd_body as llmd
 from llm_operator.autoscaler.loop import STATE_ANNOTATION
 from llm_operator.catalog import load_catalog
 from operator_proc import (
@@ -53,26 +53,6 @@ PARALLEL_FLAG = {"vllm": "--tensor-parallel-size", "tgi": "--num-shard"}
 def example(name: str) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
     return doc
-
-
-def llmd(name: str, **spec: Any) -> dict[str, Any]:
-    """A small LLMDeployment (Llama-3.1-8B bf16 on H100 by default) with spec overrides."""
-    body: dict[str, Any] = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "LLMDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
-            "quantization": "bf16",
-            "engine": "vllm",
-            "context": {"maxModelLen": 8192},
-            "workload": {"inputTokens": 1024, "outputTokens": 256},
-            "hardware": {"gpuTypes": ["H100"]},
-            "scaling": {"minReplicas": 1, "maxReplicas": 2},
-        },
-    }
-    body["spec"].update(spec)
-    return body
 
 
 def create(custom: client.CustomObjectsApi, namespace: str, body: dict[str, Any]) -> str:
@@ -201,26 +181,14 @@ def test_example_reaches_ready_on_the_planned_node_pool(
             assert requests["nvidia.com/gpu"] == str(plan["gpusPerReplica"])
 
 
-def kubectl(cluster: Cluster, *args: str) -> str:
-    """Run the cluster's kubectl (the pinned build when there is one) and return stdout."""
-    bin_dir = subprocess.run(
-        [str(REPO / "e2e" / "cluster" / "tools.sh"), "--print-bin-dir"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    exe = Path(bin_dir) / "kubectl"
-    cmd = [str(exe) if exe.exists() else "kubectl", "--kubeconfig", cluster.kubeconfig, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-
-
 def test_printer_columns_show_the_plan(
     operator: OperatorProcess, cluster: Cluster, custom: client.CustomObjectsApi, namespace: str
 ) -> None:
     name = create(custom, namespace, llmd("columns"))
     wait_ready(custom, namespace, name)
     header, row = (
-        line.split() for line in kubectl(cluster, "-n", namespace, "get", "llmd").splitlines()[:2]
+        line.split()
+        for line in kubectl(cluster.kubeconfig, "-n", namespace, "get", "llmd").splitlines()[:2]
     )
     assert header[:7] == ["NAME", "MODEL", "GPU", "TP", "PP", "REPLICAS", "READY"], header
     assert row[:7] == [name, "meta-llama/Llama-3.1-8B-Instruct", "H100-SXM-80GB", "1", "1", "1",

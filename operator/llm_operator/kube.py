@@ -9,6 +9,8 @@ the handlers and the autoscaler loop.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -79,8 +81,17 @@ def _translate(err: Exception, what: str) -> Exception:
 class Kube:
     """A thin facade over the Kubernetes API for the operator's needs."""
 
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+    def __init__(
+        self, api_client: client.ApiClient | None = None, inventory_ttl_s: float = 10.0
+    ) -> None:
         self.api = api_client or client.ApiClient()
+        # NOTE: every reconcile pass asks what the nodes offer; nodes change on the scale of
+        # minutes (autoscaling groups), so one list per `inventory_ttl_s` serves them all.
+        self.inventory_ttl_s = inventory_ttl_s
+        self._inventory: tuple[float, NodeInventory] | None = None
+        self._inventory_lock = threading.Lock()
+        self._resources: dict[tuple[str, str], Any] = {}
+        self._discovery_lock = threading.Lock()
 
     @cached_property
     def dynamic(self) -> DynamicClient:
@@ -88,7 +99,21 @@ class Kube:
         return DynamicClient(self.api)  # type: ignore[no-untyped-call]
 
     def _resource(self, api_version: str, kind: str) -> Any:
-        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        """The API resource of a kind, resolved through discovery once.
+
+        NOTE: Kopf runs sync handlers on a thread pool, and the dynamic client's discovery
+        cache is not thread-safe: concurrent look-ups corrupt it (KeyError: 'resources'
+        from kubernetes.dynamic.discovery, seen at 500 objects). Look-ups are serialised
+        and resolved resources kept; an unserved kind is looked up again next time, so a
+        CRD installed later is found.
+        """
+        key = (api_version, kind)
+        with self._discovery_lock:
+            found = self._resources.get(key)
+            if found is None:
+                found = self.dynamic.resources.get(api_version=api_version, kind=kind)
+                self._resources[key] = found
+            return found
 
     def has_kind(self, api_version: str, kind: str) -> bool:
         """Whether the API server serves this kind (e.g. the LWS CRD is installed)."""
@@ -99,7 +124,19 @@ class Kube:
         return True
 
     def node_inventory(self) -> NodeInventory:
-        """GPUs per node by product, and CPU-only nodes, among the schedulable nodes."""
+        """GPUs per node by product, and CPU-only nodes, among the schedulable nodes.
+
+        Listed at most once per `inventory_ttl_s`; passes in between share the result.
+        """
+        with self._inventory_lock:
+            now = time.monotonic()
+            if self._inventory is not None and now - self._inventory[0] < self.inventory_ttl_s:
+                return self._inventory[1]
+            inventory = self._list_inventory()
+            self._inventory = (now, inventory)
+            return inventory
+
+    def _list_inventory(self) -> NodeInventory:
         try:
             nodes = client.CoreV1Api(self.api).list_node().items
         except ApiException as err:

@@ -45,12 +45,20 @@ def child_state(
         return ChildState()
     status = workload.get("status") or {}
     ready = int(status.get("readyReplicas") or 0)
+    wanted = int((workload.get("spec") or {}).get("replicas") or 0)
+    # NOTE: only a workload short of ready replicas can have pods the scheduler refused;
+    # a healthy one costs no pod listing (the pass runs for every object every interval).
+    unschedulable = (
+        kube.pod_unschedulable(meta["namespace"], f"{LABEL_LLMD}={meta['name']}")
+        if ready < wanted
+        else None
+    )
     return ChildState(
         exists=True,
         replicas=int(status.get("replicas") or 0),
         ready_replicas=ready,
         updated_replicas=int(status.get("updatedReplicas") or 0),
-        unschedulable=kube.pod_unschedulable(meta["namespace"], f"{LABEL_LLMD}={meta['name']}"),
+        unschedulable=unschedulable,
     )
 
 

@@ -1,0 +1,79 @@
+"""`kube.Kube` under the operator's thread pool: discovery serialised, node lists shared."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kubernetes import client
+
+from llm_operator.kube import Kube
+
+
+class FakeDiscovery:
+    """Stands in for DynamicClient.resources; records overlapping calls, as the real
+    (not thread-safe) discovery cache would corrupt itself under them."""
+
+    def __init__(self) -> None:
+        self.inside = 0
+        self.overlaps = 0
+        self.calls: list[tuple[str, str]] = []
+        self._guard = threading.Lock()
+
+    def get(self, api_version: str, kind: str) -> Any:
+        with self._guard:
+            self.inside += 1
+            self.overlaps += self.inside > 1
+            self.calls.append((api_version, kind))
+        time.sleep(0.01)
+        with self._guard:
+            self.inside -= 1
+        return object()
+
+
+class FakeDynamic:
+    def __init__(self) -> None:
+        self.resources = FakeDiscovery()
+
+
+def test_concurrent_lookups_never_overlap_and_resolve_once() -> None:
+    kube = Kube(client.ApiClient())
+    fake = FakeDynamic()
+    kube.__dict__["dynamic"] = fake  # the cached_property, pre-filled
+    kinds = [("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget")]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda k: kube.has_kind(*k), kinds * 20))
+    assert all(results)
+    assert fake.resources.overlaps == 0
+    assert sorted(fake.resources.calls) == sorted(kinds)  # each kind discovered once
+
+
+class CountingCore:
+    def __init__(self) -> None:
+        self.lists = 0
+
+    def list_node(self) -> Any:
+        self.lists += 1
+        node = client.V1Node(
+            metadata=client.V1ObjectMeta(name="n", labels={"nvidia.com/gpu.product": "X"}),
+            status=client.V1NodeStatus(allocatable={"nvidia.com/gpu": "8"}),
+            spec=client.V1NodeSpec(),
+        )
+        return client.V1NodeList(items=[node])
+
+
+def test_node_inventory_is_listed_once_per_ttl(monkeypatch: Any) -> None:
+    core = CountingCore()
+    monkeypatch.setattr(client, "CoreV1Api", lambda api=None: core)
+    kube = Kube(client.ApiClient(), inventory_ttl_s=60)
+    first = kube.node_inventory()
+    assert first.gpus_per_node == {"X": 8}
+    for _ in range(50):
+        assert kube.node_inventory() == first
+    assert core.lists == 1
+    expired = Kube(client.ApiClient(), inventory_ttl_s=0)
+    expired.node_inventory()
+    expired.node_inventory()
+    assert core.lists == 3
