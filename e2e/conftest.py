@@ -156,8 +156,9 @@ def operator_process(
 ) -> Iterator[OperatorProcess]:
     """The real `llm-operator run`, authenticated as the chart's ServiceAccount.
 
-    The drift and autoscaler timers run every 2 s here (30 s and 15 s by default), so
-    reverts and scaling are quick to observe; the autoscaler reads the e2e Prometheus.
+    The safety-net pass runs every 30 s here (300 s by default; child changes are watched,
+    so a test that sees a revert within a few seconds proves the watch did it) and the
+    autoscaler every 2 s (15 s by default), reading the e2e Prometheus.
     """
     work = tmp_path_factory.mktemp("operator")
     kubeconfig = token_kubeconfig(cluster.kubeconfig, cluster.api, work / "kubeconfig")
@@ -165,7 +166,7 @@ def operator_process(
         kubeconfig,
         work / "operator.log",
         extra_env={
-            "LLM_OPERATOR_RECONCILE_INTERVAL": "2",
+            "LLM_OPERATOR_RECONCILE_INTERVAL": "30",
             "LLM_OPERATOR_AUTOSCALE_INTERVAL": "2",
             "LLM_OPERATOR_PROMETHEUS_URL": cluster.prometheus_url,
             "LLM_OPERATOR_QUERY_TIMEOUT": "2",

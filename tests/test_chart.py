@@ -60,6 +60,7 @@ STANDARD_LABELS = (
 # The permissions the operator uses, pinned: a change here must come with a change in
 # llm_operator/kube.py or in what Kopf needs (see the comments in templates/rbac.yaml).
 CHILD_VERBS = frozenset({"get", "list", "create", "patch", "delete"})
+WATCHED_CHILD_VERBS = CHILD_VERBS | {"watch"}
 CLUSTER_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("", "nodes"): frozenset({"list"}),
     ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
@@ -69,11 +70,11 @@ NAMESPACED_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("serving.llm-operator.io", "llmdeployments/status"): frozenset({"patch"}),
     ("serving.llm-operator.io", "llmdeployments/finalizers"): frozenset({"update"}),
     ("", "events"): frozenset({"create"}),
-    ("", "pods"): frozenset({"list"}),
-    ("", "services"): CHILD_VERBS,
-    ("apps", "deployments"): CHILD_VERBS,
-    ("leaderworkerset.x-k8s.io", "leaderworkersets"): CHILD_VERBS,
-    ("policy", "poddisruptionbudgets"): CHILD_VERBS,
+    ("", "pods"): frozenset({"list", "watch"}),
+    ("", "services"): WATCHED_CHILD_VERBS,
+    ("apps", "deployments"): WATCHED_CHILD_VERBS,
+    ("leaderworkerset.x-k8s.io", "leaderworkersets"): WATCHED_CHILD_VERBS,
+    ("policy", "poddisruptionbudgets"): WATCHED_CHILD_VERBS,
     ("monitoring.coreos.com", "podmonitors"): CHILD_VERBS,
 }
 PEERING_VERBS = frozenset({"list", "watch", "patch"})

@@ -16,7 +16,8 @@ import logging
 import random
 import threading
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import kopf
 from prometheus_client import start_http_server
@@ -29,12 +30,14 @@ from llm_operator.errors import InvalidSpecError, TransientError
 from llm_operator.kube import Kube, load_config
 from llm_operator.metrics import (
     API_WRITES,
+    AUTOSCALER_TICKS,
     OBSERVED_TOKENS,
     PLANNED_COST,
     RECONCILE_SECONDS,
     RECONCILES,
     REPLICAS,
 )
+from llm_operator.reconcile.desired import LABEL_LLMD
 from llm_operator.reconcile.run import Outcome, parse, reconcile_once, status_dict
 from llm_operator.settings import ANNOTATION_PREFIX, Settings
 
@@ -125,13 +128,18 @@ def _write_status(kube: Kube, live: dict[str, Any], new: dict[str, Any]) -> bool
     return True
 
 
-def _read(kube: Kube, body: kopf.Body) -> dict[str, Any] | None:
+def _read(kube: Kube, body: Mapping[str, Any]) -> dict[str, Any] | None:
     """The object as the API server has it now; None when it is gone (or was replaced)."""
     meta = body["metadata"]
     live = kube.get(API_VERSION, KIND, meta["namespace"], meta["name"])
-    if live is None or live["metadata"].get("uid") != meta["uid"]:
+    if live is None or meta.get("uid") not in (None, live["metadata"].get("uid")):
         return None
     return live
+
+
+def _body(obj: dict[str, Any]) -> kopf.Body:
+    """A Kopf body of an object read through the API (to post events on it)."""
+    return kopf.Body(cast(kopf.RawBody, obj))
 
 
 def _report(body: kopf.Body, outcome: Outcome) -> None:
@@ -154,10 +162,11 @@ def _report(body: kopf.Body, outcome: Outcome) -> None:
     REPLICAS.labels(*labels, "ready").set(status.ready_replicas or 0)
 
 
-def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
+def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> None:
     """One reconcile pass under the object's lock, from a fresh read."""
     started = time.monotonic()
-    with _lock(body["metadata"]["uid"]):
+    live = None
+    with _lock(body["metadata"]["uid"] or body["metadata"]["name"]):
         live = _read(memo.kube, body)
         if live is None:
             return
@@ -166,7 +175,7 @@ def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
         except InvalidSpecError as err:
             RECONCILES.labels("invalid").inc()
             if _write_status(memo.kube, live, _invalid_spec_status(live, err)):
-                kopf.warn(body, reason="InvalidSpec", message=str(err))
+                kopf.warn(_body(live), reason="InvalidSpec", message=str(err))
             raise kopf.PermanentError(str(err)) from err
         except TransientError as err:
             RECONCILES.labels("retry").inc()
@@ -175,8 +184,53 @@ def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
             RECONCILE_SECONDS.observe(time.monotonic() - started)
         RECONCILES.labels("ok").inc()
         _write_status(memo.kube, live, outcome.status)
-    _report(body, outcome)
+    _report(_body(live), outcome)
     logger.debug("reconciled: applied=%s pruned=%s", outcome.report.applied, outcome.report.pruned)
+
+
+def controller_of(child: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The LLMDeployment a child belongs to, as a minimal body (None: not ours).
+
+    Workload children carry a controller owner reference; engine pods belong to a
+    ReplicaSet or StatefulSet, so for them the LLMDeployment label names the owner.
+    """
+    meta = child.get("metadata") or {}
+    namespace = meta.get("namespace")
+    for ref in meta.get("ownerReferences") or []:
+        if (
+            ref.get("controller")
+            and ref.get("kind") == KIND
+            and ref.get("apiVersion") == API_VERSION
+        ):
+            return {"metadata": {"namespace": namespace, "name": ref["name"], "uid": ref["uid"]}}
+    name = (meta.get("labels") or {}).get(LABEL_LLMD)
+    if name and child.get("kind") == "Pod":
+        return {"metadata": {"namespace": namespace, "name": name, "uid": None}}
+    return None
+
+
+def _child_changed(type_: str | None, body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
+    """A child changed (an edit, a status update, a deletion): reconcile its owner now."""
+    if type_ is None:
+        return  # the listing at start-up; the resume handlers reconcile every owner
+    owner = controller_of(body)
+    if owner is None:
+        return
+    try:
+        _reconcile(owner, memo, logger)
+    except (kopf.PermanentError, kopf.TemporaryError) as err:
+        # Reported on the owner (status, events); its own handlers and timer retry.
+        logger.debug("owner reconcile after a child event: %s", err)
+
+
+def _pod_refused(body: kopf.Body, **_: Any) -> bool:
+    """Whether the scheduler refused this pod (PodScheduled=False, Unschedulable)."""
+    return any(
+        c.get("type") == "PodScheduled"
+        and c.get("status") == "False"
+        and c.get("reason") == "Unschedulable"
+        for c in (body.get("status") or {}).get("conditions") or []
+    )
 
 
 def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
@@ -217,6 +271,7 @@ def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
             _persisted[uid] = now
     meta = body["metadata"]
     decision = tick.decision
+    AUTOSCALER_TICKS.labels(decision.reason).inc()
     OBSERVED_TOKENS.labels(meta.get("namespace", ""), meta["name"]).set(
         tick.status.observed_tokens_per_second or 0
     )
@@ -229,6 +284,33 @@ def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
     if outcome is not None:
         _report(body, outcome)
     logger.debug("autoscaler: %s %s", decision.reason, decision.message)
+
+
+# Children the operator owns: a change (a manual edit, the controller updating status, a
+# deletion) reconciles the owner at once, so drift is reverted and readiness tracked
+# without polling; the `drift` timer is only a safety net.
+@kopf.on.event(
+    "apps", "v1", "deployments", id="child-deployments", labels={LABEL_LLMD: kopf.PRESENT}
+)
+@kopf.on.event("", "v1", "services", id="child-services", labels={LABEL_LLMD: kopf.PRESENT})
+@kopf.on.event(
+    "policy", "v1", "poddisruptionbudgets", id="child-pdbs", labels={LABEL_LLMD: kopf.PRESENT}
+)
+@kopf.on.event(
+    "leaderworkerset.x-k8s.io",
+    "v1",
+    "leaderworkersets",
+    id="child-leaderworkersets",
+    labels={LABEL_LLMD: kopf.PRESENT},
+)
+@kopf.on.event(
+    "", "v1", "pods", id="refused-pods", labels={LABEL_LLMD: kopf.PRESENT}, when=_pod_refused
+)
+def child_changed(
+    type: str | None, body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any
+) -> None:
+    """A child of an LLMDeployment changed: reconcile the LLMDeployment."""
+    _child_changed(type, body, memo, logger)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", timeout=600, retries=None, backoff=5)
@@ -251,7 +333,8 @@ def reconcile(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     sharp=False,
 )
 def drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    """Periodically re-run the reconcile: reverts edits of owned fields, tracks readiness."""
+    """The safety net: a full pass every LLM_OPERATOR_RECONCILE_INTERVAL (child changes are
+    handled as they happen by `child_changed`)."""
     try:
         _reconcile(body, memo, logger)
     except kopf.PermanentError:

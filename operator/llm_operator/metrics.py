@@ -22,6 +22,9 @@ PLANNED_COST = Gauge(
 REPLICAS = Gauge(
     "llm_operator_replicas", "Replicas per LLMDeployment", ["namespace", "name", "state"]
 )
+AUTOSCALER_TICKS = Counter(
+    "llm_operator_autoscaler_ticks_total", "Autoscaler ticks by outcome", ["reason"]
+)
 OBSERVED_TOKENS = Gauge(
     "llm_operator_observed_output_tokens_per_second",
     "Output tokens/s observed by the autoscaler",

@@ -30,7 +30,8 @@ class Settings:
         prometheus_url: where the autoscaler queries engine metrics; empty disables it.
         metrics_port: port of the operator's own Prometheus metrics.
         health_port: port of the liveness endpoint (/healthz).
-        reconcile_interval_s: how often every LLMDeployment is re-checked for drift.
+        reconcile_interval_s: how often every LLMDeployment is fully re-checked (a safety
+            net: changes of the children are watched and handled as they happen).
         autoscale_interval_s: how often the autoscaler runs per LLMDeployment.
         query_timeout_s: timeout of each Prometheus query.
         peering: Kopf peering name for HA ("" runs standalone).
@@ -43,7 +44,7 @@ class Settings:
     prometheus_url: str = ""
     metrics_port: int = 8080
     health_port: int = 8081
-    reconcile_interval_s: float = 30.0
+    reconcile_interval_s: float = 300.0
     autoscale_interval_s: float = 15.0
     query_timeout_s: float = 5.0
     peering: str = ""
@@ -60,7 +61,7 @@ class Settings:
             prometheus_url=env("LLM_OPERATOR_PROMETHEUS_URL", ""),
             metrics_port=int(env("LLM_OPERATOR_METRICS_PORT", "8080")),
             health_port=int(env("LLM_OPERATOR_HEALTH_PORT", "8081")),
-            reconcile_interval_s=float(env("LLM_OPERATOR_RECONCILE_INTERVAL", "30")),
+            reconcile_interval_s=float(env("LLM_OPERATOR_RECONCILE_INTERVAL", "300")),
             autoscale_interval_s=float(env("LLM_OPERATOR_AUTOSCALE_INTERVAL", "15")),
             query_timeout_s=float(env("LLM_OPERATOR_QUERY_TIMEOUT", "5")),
             peering=env("LLM_OPERATOR_PEERING", ""),
