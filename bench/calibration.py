@@ -118,7 +118,9 @@ def predict(row: Row, catalog: Catalog, eff: Efficiency) -> float | None:
     if row.metric == "output_tokens_per_second":
         per_seq = math.ceil((row.input_tokens + row.output_tokens) / 16) * 16
         batch = row.concurrency or min(MAX_BATCH, fit.max_kv_tokens // per_seq)
-        t = timing.predict(layout, row.input_tokens, row.output_tokens, max(1, batch))
+        t = timing.predict(
+            layout, row.input_tokens, row.output_tokens, max(1, batch), mem.batched_tokens
+        )
         return t.output_tokens_per_second * replicas
     return None
 

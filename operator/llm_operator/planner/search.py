@@ -187,9 +187,12 @@ def _max_len_that_fits(arch: Architecture, kv_tokens: int) -> int:
 
 
 def _largest_batch(
-    layout: timing.Layout, req: Request, limit: int
+    layout: timing.Layout, req: Request, limit: int, chunk_tokens: int
 ) -> tuple[int, timing.Timing, str | None]:
-    """Largest batch <= limit that meets the SLOs (predictions worsen with batch)."""
+    """Largest batch <= limit that meets the SLOs (predictions worsen with batch).
+
+    `chunk_tokens` is the engine's prefill chunk (the batched-token budget it runs with).
+    """
 
     def misses(t: timing.Timing) -> str | None:
         if req.ttft_ms is not None and t.ttft_ms > req.ttft_ms:
@@ -199,7 +202,7 @@ def _largest_batch(
         return None
 
     def at(batch: int) -> timing.Timing:
-        return timing.predict(layout, req.input_tokens, req.output_tokens, batch)
+        return timing.predict(layout, req.input_tokens, req.output_tokens, batch, chunk_tokens)
 
     best = at(limit)
     if misses(best) is None:
@@ -321,7 +324,7 @@ def evaluate(
         efficiency=engine.efficiency,
     )
     limit = min(req.concurrency or max_sequences, max_sequences)
-    batch, predicted, slo_miss = _largest_batch(layout, req, limit)
+    batch, predicted, slo_miss = _largest_batch(layout, req, limit, mem.batched_tokens)
     if slo_miss is not None:
         return reject(f"misses the SLO even with one sequence: {slo_miss}")
     dollars = cost.cost_per_hour(gpu, 1 if gpu.is_cpu else tp * pp)

@@ -135,42 +135,70 @@ def decode_step_s(layout: Layout, batch: int, context: float) -> float:
 
 
 def prefill_s(layout: Layout, input_tokens: int) -> float:
-    """Prefill of one prompt alone: compute-bound, weights read at least once per stage."""
+    """Prefill of one prompt alone (what a request's TTFT waits for), with the request's
+    fixed overhead."""
+    return (
+        _prefill_work_s(layout, 1, input_tokens, None) + layout.efficiency.request_overhead_ms / 1e3
+    )
+
+
+def _prefill_work_s(
+    layout: Layout, prompts: int, input_tokens: int, chunk_tokens: int | None
+) -> float:
+    """GPU time to prefill `prompts` prompts together: compute-bound, with the weights read
+    once per chunk of `chunk_tokens` prompt tokens (vLLM's chunked prefill, TGI's
+    max-batch-prefill-tokens, llama.cpp's ubatch); None prefills each prompt on its own."""
     arch = layout.arch
     eff = layout.efficiency
-    flops = 2 * memory.active_params(arch) * input_tokens + _attention_flops(
-        arch, input_tokens, input_tokens / 2
+    tokens = prompts * input_tokens
+    flops = prompts * (
+        2 * memory.active_params(arch) * input_tokens
+        + _attention_flops(arch, input_tokens, input_tokens / 2)
     )
     t_compute = flops / (
         layout.tensor_parallel
         * compute_flops_per_gpu(layout.gpu, layout.quantization)
         * eff.compute
     )
+    chunk = chunk_tokens if chunk_tokens else input_tokens
+    chunks = math.ceil(tokens / max(1, chunk))
     t_weights = (
         layout.pipeline_parallel
-        * _weights_read_per_gpu(layout, input_tokens)
+        * chunks
+        * _weights_read_per_gpu(layout, min(chunk, tokens))
         / (layout.gpu.memory_bandwidth_gbps * 1e9 * eff.bandwidth)
     )
-    comm = layout.pipeline_parallel * _allreduce_s(layout, input_tokens)
-    return max(t_compute, t_weights) + comm + eff.request_overhead_ms / 1e3
+    comm = layout.pipeline_parallel * _allreduce_s(layout, tokens)
+    return max(t_compute, t_weights) + comm
 
 
-def predict(layout: Layout, input_tokens: int, output_tokens: int, concurrency: int) -> Timing:
+def predict(
+    layout: Layout,
+    input_tokens: int,
+    output_tokens: int,
+    concurrency: int,
+    chunk_tokens: int | None = None,
+) -> Timing:
     """Steady state of `concurrency` streams, each prompt `input_tokens`, reply `output_tokens`.
 
     In one cycle every stream produces `output_tokens` tokens in as many decode steps, and
-    the replica prefills one new prompt per stream. Prefill is charged in full (no overlap
-    with decode), which is the conservative end of chunked prefill; a client sees the
-    other streams' prefills as pauses between its tokens.
+    the replica prefills one new prompt per stream, the cycle's prompts together in chunks
+    of `chunk_tokens` (each chunk reads the weights once; None: one prompt at a time).
+    Prefill is charged in full (no overlap with decode), the conservative end of chunked
+    prefill; a client sees the other streams' prefills as pauses between its tokens. The
+    per-request overhead (tokenising, scheduling, detokenising) delays a request's first
+    token but runs beside the GPU's work, so it is in TTFT, not in the cycle.
     """
     batch = max(1, concurrency)
     context = input_tokens + output_tokens / 2
     step = decode_step_s(layout, batch, context)
     prefill = prefill_s(layout, input_tokens)
-    cycle = output_tokens * step + batch * prefill
+    prefills = _prefill_work_s(layout, batch, input_tokens, chunk_tokens)
+    own = _prefill_work_s(layout, 1, input_tokens, chunk_tokens)
+    cycle = output_tokens * step + prefills
     return Timing(
         ttft_ms=(prefill + step) * 1e3,
-        tpot_ms=(output_tokens * step + (batch - 1) * prefill) / output_tokens * 1e3,
+        tpot_ms=(output_tokens * step + prefills - own) / output_tokens * 1e3,
         output_tokens_per_second=batch * output_tokens / cycle,
         step_ms=step * 1e3,
         prefill_ms=prefill * 1e3,
