@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from llm_operator.api.v1alpha1 import LLMDeployment
 from llm_operator.catalog import Catalog
-from llm_operator.planner import timing
+from llm_operator.planner import search, timing
 from llm_operator.planner.engines import VLLM
 from llm_operator.planner.search import Candidate, PlanInputError, Request, evaluate, plan
 from tests.conftest import EXAMPLES, make_spec
@@ -111,9 +111,15 @@ SPEC_8B_A10G: dict[str, Any] = {
 
 def test_cluster_node_size_bounds_tensor_parallelism(catalog: Catalog) -> None:
     """One-GPU A10G nodes (g5.2xlarge) cannot host a TP2 pod, whatever the catalog says."""
+    # A 64k context does not fit one A10G: 4-GPU nodes take it with TP on one node ...
+    long = make_spec(**SPEC_8B_A10G, context={"maxModelLen": 65536})
+    four = plan(long, catalog, available_gpus={"A10G-24GB": 4}).chosen
+    assert four is not None and four.tensor_parallel > 1 and four.nodes == 1
+    # ... one-GPU nodes never get a pod asking for more than one.
+    single = plan(long, catalog, available_gpus={"A10G-24GB": 1})
+    candidates = [c for c in [single.chosen, *single.alternatives] if c is not None]
+    assert all(c.gpus // c.nodes <= 1 for c in candidates), [c.label for c in candidates]
     spec = make_spec(**SPEC_8B_A10G)
-    anywhere = plan(spec, catalog).chosen
-    assert anywhere is not None and anywhere.tensor_parallel > 1  # room for the batch
     one_gpu_nodes = plan(spec, catalog, available_gpus={"A10G-24GB": 1})
     assert one_gpu_nodes.chosen is not None
     assert (one_gpu_nodes.chosen.gpus, one_gpu_nodes.chosen.nodes) == (1, 1)
@@ -187,3 +193,11 @@ def test_a_cycles_prompts_are_prefilled_in_chunks(catalog: Catalog) -> None:
     long_chunked = timing.predict(layout, 8192, 128, 8, chunk_tokens=8192)
     ratio = long_chunked.output_tokens_per_second / long_alone.output_tokens_per_second
     assert 1.0 <= ratio < 1.1
+
+
+def test_near_equal_cost_goes_to_fewer_gpus(catalog: Catalog) -> None:
+    """8B on H100 without SLOs: TP2 and TP1 cost the same per token; TP1 is chosen."""
+    result = plan(make_spec(hardware={"gpuTypes": ["H100"]}), catalog)
+    assert result.chosen is not None and result.chosen.gpus == 1
+    cheapest = min(c.cost_per_million for c in [result.chosen, *result.alternatives])
+    assert result.chosen.cost_per_million <= cheapest * (1 + search.COST_TIE)

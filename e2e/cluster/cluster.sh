@@ -378,6 +378,14 @@ cluster_exists() {
   kwokctl get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"
 }
 
+nodes_ready() { # every node reports Ready=True
+  local states
+  states="$(kubectl --kubeconfig "$KUBECONFIG_OUT" get nodes --no-headers \
+    -o custom-columns=READY:.status.conditions[?\(@.type==\"Ready\"\)].status 2>/dev/null)" ||
+    return 1
+  [[ -n "$states" ]] && ! grep -qv '^True$' <<<"$states"
+}
+
 apiserver_ready() {
   kubectl --kubeconfig "$KUBECONFIG_OUT" get --raw /readyz >/dev/null 2>&1
 }
@@ -405,7 +413,9 @@ cluster_up() {
   wait_for "kube-apiserver" 60 apiserver_ready
   log "applying the node layout from e2e/cluster/nodes.yaml"
   "$PYTHON" "$HERE/nodes.py" "$HERE/nodes.yaml" | kubectl --kubeconfig "$KUBECONFIG_OUT" apply -f - >/dev/null
-  kubectl --kubeconfig "$KUBECONFIG_OUT" wait --for=condition=Ready node --all --timeout=60s >/dev/null
+  # NOTE: not `kubectl wait --for=condition=Ready node --all`: it fails at once on a node
+  # kwok has not given conditions yet, instead of waiting for it.
+  wait_for "every node Ready" 60 nodes_ready
   # Pods need the namespace's default ServiceAccount, which kube-controller-manager creates.
   wait_for "default ServiceAccount" 60 \
     kubectl --kubeconfig "$KUBECONFIG_OUT" -n default get serviceaccount default -o name \

@@ -10,6 +10,7 @@ import copy
 import json
 import re
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -191,8 +192,17 @@ def test_printer_columns_show_the_plan(
         for line in kubectl(cluster.kubeconfig, "-n", namespace, "get", "llmd").splitlines()[:2]
     )
     assert header[:7] == ["NAME", "MODEL", "GPU", "TP", "PP", "REPLICAS", "READY"], header
-    assert row[:7] == [name, "meta-llama/Llama-3.1-8B-Instruct", "H100-SXM-80GB", "1", "1", "1",
-                       "1"], row  # fmt: skip
+    st = get(custom, namespace, name)["status"]
+    plan = st["plan"]
+    assert row[:7] == [
+        name,
+        "meta-llama/Llama-3.1-8B-Instruct",
+        plan["gpu"],
+        str(plan["tensorParallel"]),
+        str(plan["pipelineParallel"]),
+        str(st["replicas"]),
+        str(st["readyReplicas"]),
+    ], row
 
 
 # --- what cannot be planned, and what the apiserver refuses ---------------------------------
@@ -437,6 +447,17 @@ def test_two_peered_operators_do_not_both_act_and_fail_over(
         timeout=30,
         retry_on=(Exception,),
         description="the peering CRD serves objects",
+    )
+    # Kopf resolves the peering resource through API discovery when it starts; one that
+    # is not listed there yet is never watched, and the operator would not see its peer.
+    eventually(
+        lambda: (
+            "clusterkopfpeerings.kopf.dev"
+            in kubectl(cluster.kubeconfig, "api-resources", "--api-group=kopf.dev", "-o", "name")
+        ),
+        timeout=30,
+        retry_on=(AssertionError, subprocess.CalledProcessError),
+        description="discovery lists the peering resource",
     )
     apply_all(cluster.api, [o for o in ha if o["kind"] in IDENTITY_KINDS])
     env = {"LLM_OPERATOR_PEERING": peering["metadata"]["name"]}

@@ -395,6 +395,9 @@ def _gpu_types(
     return [g for g in allowed if g.name in available or g.name in provisionable or g.provisionable]
 
 
+COST_TIE = 0.02  # relative $/1M-token difference the planner treats as equal
+
+
 def _gpus_per_node(
     spec: LLMDeploymentSpec, gpu: GpuType, available: Mapping[str, int] | None
 ) -> int:
@@ -502,10 +505,20 @@ def plan(
     rejected.sort(key=lambda r: r.shortfall)
     if not feasible:
         return PlanResult(chosen=None, rejected=rejected[:keep], replicas=0)
-    chosen = feasible[0]
+    # NOTE: costs within COST_TIE of the cheapest are a tie, not a ranking: the planner's
+    # error is far larger, and fewer GPUs per replica mean finer scaling steps, a smaller
+    # failure domain and no all-reduce.
+    best = feasible[0]
+    ties = [
+        c
+        for c in feasible
+        if (c.nodes > 1) == (best.nodes > 1)
+        and c.cost_per_million <= best.cost_per_million * (1 + COST_TIE)
+    ]
+    chosen = min(ties, key=lambda c: (c.gpus, c.cost_per_million, order[c.engine.name]))
     return PlanResult(
         chosen=chosen,
-        alternatives=_distinct(feasible[1:], keep),
+        alternatives=_distinct([c for c in feasible if c is not chosen], keep),
         rejected=rejected[:keep],
         replicas=initial_replicas(spec, chosen),
     )
