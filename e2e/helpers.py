@@ -164,3 +164,12 @@ def llmd_body(name: str, **spec: Any) -> dict[str, Any]:
             **spec,
         },
     }
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    """Condition `type_` of a custom object's status; AssertionError (retried by
+    `eventually`) while it is not there."""
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    raise AssertionError(f"no {type_} condition yet: {obj.get('status')}")

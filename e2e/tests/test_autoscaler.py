@@ -24,6 +24,7 @@ from helpers import (
     VERSION,
     Cluster,
     clear_load,
+    condition,
     eventually,
     llmd_body,
     prometheus_pid,
@@ -79,10 +80,7 @@ class Scaled:
         return obj
 
     def condition(self, type_: str) -> dict[str, Any]:
-        for c in self.get().get("status", {}).get("conditions", []):
-            if c["type"] == type_:
-                return dict(c)
-        raise AssertionError(f"no {type_} condition: {self.get().get('status')}")
+        return condition(self.get(), type_)
 
     def replicas(self) -> int:
         """The Deployment's replica count (tracking the highest seen)."""

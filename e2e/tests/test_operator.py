@@ -20,7 +20,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from helpers import GROUP, PLURAL, VERSION, Cluster, eventually, kubectl
+from helpers import GROUP, PLURAL, VERSION, Cluster, condition, eventually, kubectl
 from helpers import llmd_body as llmd
 from llm_operator.autoscaler.loop import STATE_ANNOTATION
 from llm_operator.catalog import load_catalog
@@ -69,13 +69,6 @@ def get(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str,
         GROUP, VERSION, namespace, PLURAL, name
     )
     return obj
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return dict(c)
-    raise AssertionError(f"no {type_} condition yet: {obj.get('status')}")
 
 
 def wait_ready(

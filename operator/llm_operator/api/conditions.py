@@ -71,3 +71,9 @@ def set_condition(
 def get_condition(conditions: Sequence[Condition], type_: str) -> Condition | None:
     """The condition of that type, if present."""
     return next((c for c in conditions if c.type == type_), None)
+
+
+def is_true(conditions: Sequence[Condition], type_: str) -> bool:
+    """Whether condition `type_` is present with status True."""
+    found = get_condition(conditions, type_)
+    return found is not None and found.status == "True"

@@ -109,14 +109,11 @@ def tick(
         decision=decision,
         status=_status(llmd, status, decision, observation.output_tokens_per_second),
         scaled=decision.replicas != current,
-        budget_newly_limited=decision.budget_limited and not _was_budget_limited(status),
+        budget_newly_limited=(
+            decision.budget_limited and not cond.is_true(status.conditions, cond.BUDGET_LIMITED)
+        ),
         persist_state=_persist(decision, current, now, last_persisted, llmd),
     )
-
-
-def _was_budget_limited(status: LLMDeploymentStatus) -> bool:
-    before = cond.get_condition(status.conditions, cond.BUDGET_LIMITED)
-    return before is not None and before.status == "True"
 
 
 def _status(

@@ -186,8 +186,7 @@ def desired_state(
     else:
         put(cond.PROGRESSING, "False", "Complete", f"{ready}/{replicas} replicas ready")
     if children.unschedulable:
-        degraded = cond.get_condition(old.conditions, cond.DEGRADED)
-        if degraded is None or degraded.status != "True":
+        if not cond.is_true(old.conditions, cond.DEGRADED):
             events.append(Event("Warning", "Unschedulable", children.unschedulable))
         put(cond.DEGRADED, "True", "Unschedulable", children.unschedulable)
     else:
