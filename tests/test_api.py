@@ -64,7 +64,7 @@ def test_max_model_len_is_int_or_string() -> None:
     ("overrides", "field", "message"),
     [
         ({"scaling": {"minReplicas": 3, "maxReplicas": 2}}, "scaling", "minReplicas"),
-        ({"quantization": "q4_k_m", "engine": "vllm"}, "", "GGUF"),
+        ({"quantization": "q4_k_m", "engine": "vllm"}, "", "engine vllm serves quantization"),
         ({"quantization": "int3"}, "quantization", "Input should be"),
         ({"model": {"name": "x", "source": "pvc"}}, "model", "model.uri is required"),
         ({"context": {"maxModelLen": 8}}, "context", "at least 16"),

@@ -6,8 +6,8 @@ import pytest
 
 from llm_operator.api.v1alpha1 import Architecture
 from llm_operator.catalog import GIB, Catalog
+from llm_operator.engines.vllm import ENGINE as VLLM
 from llm_operator.planner import memory
-from llm_operator.planner.engines import VLLM
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from llm_operator.api.v1alpha1 import LLMDeployment
 from llm_operator.catalog import Catalog
+from llm_operator.engines.vllm import ENGINE as VLLM
 from llm_operator.planner import search, timing
-from llm_operator.planner.engines import VLLM
 from llm_operator.planner.search import Candidate, PlanInputError, Request, evaluate, plan
 from tests.conftest import EXAMPLES, make_spec
 

@@ -12,12 +12,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from llm_operator import engines
 from llm_operator.api import crd as crd_gen
 from llm_operator.api.v1alpha1 import (
     ENGINES,
@@ -26,8 +28,8 @@ from llm_operator.api.v1alpha1 import (
     LLMDeploymentSpec,
 )
 from llm_operator.catalog import GIB, Catalog, CatalogError, UnknownNameError, load_catalog
+from llm_operator.engines import Ask
 from llm_operator.planner import memory
-from llm_operator.planner.engines import ENGINES as ENGINE_PROFILES
 from llm_operator.planner.search import (
     Candidate,
     PlanInputError,
@@ -232,7 +234,8 @@ def estimate_json(
         UsageError: unknown names or inconsistent GPU counts.
     """
     try:
-        arch = catalog.model(model).architecture
+        entry = catalog.model(model)
+        arch = entry.architecture
         gpu = catalog.gpu(gpu_name)
     except UnknownNameError as err:
         flag = "--model" if err.kind == "model" else "--gpu"
@@ -242,9 +245,18 @@ def estimate_json(
             f"--gpus {gpus} must equal --tensor-parallel {tensor_parallel} x "
             f"--pipeline-parallel {pipeline_parallel}"
         )
-    profile = ENGINE_PROFILES[engine]
+    profile = engines.get(engine)
+    request = replace(
+        request,
+        ask=replace(
+            request.ask,
+            checkpoint=arch.checkpoint_quantization,
+            model_type=arch.model_type,
+            gguf_repo=entry.gguf is not None,
+        ),
+    )
     out = evaluate(arch, gpu, profile, quantization, tensor_parallel, pipeline_parallel, request)
-    kv_dtype = memory.kv_dtype_bytes(quantization, request.fp8_kv_cache)
+    kv_dtype = profile.kv_cache_element_bytes(quantization, request.fp8_kv_cache, gpu.accelerator)
     body: dict[str, Any] = dict.fromkeys(ESTIMATE_KEYS)
     body["kvCacheBytesPerToken"] = memory.kv_bytes_per_token(arch, kv_dtype)
     body["weightsGiBPerGpu"] = round(memory.weight_bytes(arch, quantization) / gpus / GIB, 3)
@@ -277,6 +289,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         max_model_len=args.max_model_len,
         gpu_memory_utilization=args.gpu_memory_utilization,
         fp8_kv_cache=args.fp8_kv_cache,
+        ask=Ask(quantization=quant, fp8_kv_cache=args.fp8_kv_cache),
     )
     body = estimate_json(
         _catalog(args),

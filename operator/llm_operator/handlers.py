@@ -37,11 +37,15 @@ from llm_operator.metrics import (
     RECONCILES,
     REPLICAS,
 )
-from llm_operator.reconcile.desired import LABEL_LLMD
+from llm_operator.reconcile.desired import LABEL_LLMD, Options
 from llm_operator.reconcile.run import Outcome, parse, reconcile_once, status_dict
 from llm_operator.settings import ANNOTATION_PREFIX, Settings
 
 SETTINGS = Settings.from_env()
+OPTIONS = Options(
+    monitoring=SETTINGS.monitoring,
+    allow_privileged_overrides=SETTINGS.allow_privileged_overrides,
+)
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _persisted: dict[str, float] = {}  # uid -> when this process last wrote the scaler state
@@ -171,7 +175,7 @@ def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> None:
         if live is None:
             return
         try:
-            outcome = reconcile_once(memo.kube, memo.catalog, live, SETTINGS.monitoring)
+            outcome = reconcile_once(memo.kube, memo.catalog, live, OPTIONS)
         except InvalidSpecError as err:
             RECONCILES.labels("invalid").inc()
             if _write_status(memo.kube, live, _invalid_spec_status(live, err)):
@@ -259,7 +263,7 @@ def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
         if tick.scaled:
             try:
                 outcome = reconcile_once(
-                    memo.kube, memo.catalog, {**live, "status": new_status}, SETTINGS.monitoring
+                    memo.kube, memo.catalog, {**live, "status": new_status}, OPTIONS
                 )
             except TransientError as err:
                 raise kopf.TemporaryError(str(err), delay=err.delay) from err

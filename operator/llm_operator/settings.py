@@ -36,6 +36,8 @@ class Settings:
         query_timeout_s: timeout of each Prometheus query.
         peering: Kopf peering name for HA ("" runs standalone).
         monitoring: render PodMonitors (Prometheus Operator present).
+        allow_privileged_overrides: let overrides.podTemplatePatch reach the host or raise
+            privileges (the install-time opt-in; docs/security.md).
     """
 
     namespace: str = ""
@@ -49,6 +51,7 @@ class Settings:
     query_timeout_s: float = 5.0
     peering: str = ""
     monitoring: bool = False
+    allow_privileged_overrides: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -66,4 +69,7 @@ class Settings:
             query_timeout_s=float(env("LLM_OPERATOR_QUERY_TIMEOUT", "5")),
             peering=env("LLM_OPERATOR_PEERING", ""),
             monitoring=env("LLM_OPERATOR_MONITORING", "false").lower() == "true",
+            allow_privileged_overrides=(
+                env("LLM_OPERATOR_ALLOW_PRIVILEGED_OVERRIDES", "false").lower() == "true"
+            ),
         )

@@ -11,14 +11,24 @@ custom object and writes `status`), `llmctl` (reads example files).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema as cs
+
+from llm_operator import engines
+from llm_operator.api import security
 
 GROUP = "serving.llm-operator.io"
 VERSION = "v1alpha1"
@@ -29,17 +39,44 @@ SHORT_NAMES = ("llmd",)
 API_VERSION = f"{GROUP}/{VERSION}"
 
 Quantization = Literal[
-    "auto", "fp32", "fp16", "bf16", "fp8", "int8", "int4", "awq", "gptq", "q4_k_m", "q5_k_m", "q8_0"
+    "auto",
+    "fp32",
+    "fp16",
+    "bf16",
+    "fp8",
+    "int8",
+    "int4",
+    "awq",
+    "gptq",
+    "q4_0",
+    "q4_1",
+    "q4_k_m",
+    "q5_k_m",
+    "q6_k",
+    "q8_0",
 ]
 ConcreteQuantization = Literal[
-    "fp32", "fp16", "bf16", "fp8", "int8", "int4", "awq", "gptq", "q4_k_m", "q5_k_m", "q8_0"
+    "fp32",
+    "fp16",
+    "bf16",
+    "fp8",
+    "int8",
+    "int4",
+    "awq",
+    "gptq",
+    "q4_0",
+    "q4_1",
+    "q4_k_m",
+    "q5_k_m",
+    "q6_k",
+    "q8_0",
 ]
 EngineName = Literal["auto", "vllm", "tgi", "llamacpp"]
 ConcreteEngine = Literal["vllm", "tgi", "llamacpp"]
 ModelSourceKind = Literal["hf", "pvc", "s3", "url"]
 ScalingMode = Literal["builtin", "external"]
 
-GGUF_QUANTIZATIONS: tuple[str, ...] = ("q4_k_m", "q5_k_m", "q8_0")
+GGUF_QUANTIZATIONS: tuple[str, ...] = ("q4_0", "q4_1", "q4_k_m", "q5_k_m", "q6_k", "q8_0")
 QUANTIZATIONS: tuple[str, ...] = Quantization.__args__  # type: ignore[attr-defined]
 ENGINES: tuple[str, ...] = EngineName.__args__  # type: ignore[attr-defined]
 
@@ -53,12 +90,16 @@ class Rule:
         message: what the user reads when the rule fails; names the field and the fix.
         check: the same rule in Python, given the model instance.
         field_path: optional JSON path (relative to the object) the error is reported on.
+        opt_out: the operator setting that lifts the rule, when one does; pydantic then
+            leaves it to the renderer, which knows the setting, and the CRD generated
+            for an opted-out install omits it.
     """
 
     cel: str
     message: str
     check: Callable[[Any], bool]
     field_path: str | None = None
+    opt_out: str | None = None
 
 
 class ApiModel(BaseModel):
@@ -89,13 +130,57 @@ class ApiModel(BaseModel):
     @model_validator(mode="after")
     def _check_rules(self) -> ApiModel:
         for rule in self.rules:
-            if not rule.check(self):
+            if rule.opt_out is None and not rule.check(self):
                 raise ValueError(rule.message)
         return self
 
 
+class QuantizationConfig(ApiModel):
+    """How a checkpoint's weights are stored: config.json `quantization_config`."""
+
+    quant_method: Literal["awq", "gptq", "fp8", "fbgemm_fp8", "compressed-tensors"] = Field(
+        ...,
+        description="quantMethod is quantization_config.quant_method of the checkpoint.",
+    )
+    bits: int = Field(
+        ...,
+        ge=2,
+        le=16,
+        description="bits per weight (AWQ/GPTQ `bits`, compressed-tensors weights.num_bits; "
+        "8 for FP8).",
+    )
+    group_size: int | None = Field(
+        None, ge=-1, description="groupSize of the weight scales (AWQ/GPTQ group_size)."
+    )
+    weight_type: Literal["int", "float"] = Field(
+        "int",
+        description="weightType is int or float (compressed-tensors weights.type; float for "
+        "FP8 checkpoints).",
+    )
+
+    @property
+    def quantization(self) -> str:
+        """The quantization this checkpoint is served as (awq, gptq, fp8, int8 or int4)."""
+        if self.quant_method in ("awq", "gptq"):
+            return self.quant_method
+        if self.quant_method in ("fp8", "fbgemm_fp8") or self.weight_type == "float":
+            return "fp8"
+        return "int8" if self.bits == 8 else "int4"
+
+
 class Architecture(ApiModel):
     """Transformer shape, enough to size weights, KV cache and compute."""
+
+    model_type: str | None = Field(
+        None,
+        description="modelType is model_type from config.json (e.g. llama, gemma2); engines "
+        "refuse some formats for some families.",
+    )
+    quantization_config: QuantizationConfig | None = Field(
+        None,
+        description="quantizationConfig describes a pre-quantized checkpoint "
+        "(config.json quantization_config); absent for a 16/32-bit checkpoint.",
+    )
 
     params: int | None = Field(
         None,
@@ -199,6 +284,12 @@ class Architecture(ApiModel):
     def is_mla(self) -> bool:
         """Whether the model uses multi-head latent attention."""
         return self.kv_lora_rank is not None
+
+    @property
+    def checkpoint_quantization(self) -> str | None:
+        """The format the checkpoint is stored in; None for a 16/32-bit checkpoint."""
+        q = self.quantization_config
+        return None if q is None else q.quantization
 
 
 class SecretKeyRef(ApiModel):
@@ -431,12 +522,65 @@ class BudgetSpec(ApiModel):
     )
 
 
-class SpeculativeDecodingSpec(ApiModel):
-    """Draft-model speculative decoding."""
+SpeculativeMethod = Literal["ngram", "eagle", "eagle3", "medusa", "mlp_speculator", "mtp"]
+SPECULATIVE_METHODS_WITH_MODEL = ("eagle", "eagle3", "medusa", "mlp_speculator")
 
-    draft_model: str = Field(..., min_length=1, description="draftModel is the draft model's id.")
+
+class SpeculativeDecodingSpec(ApiModel):
+    """Speculative decoding: a cheap proposer drafts tokens the model verifies in one step."""
+
+    method: SpeculativeMethod = Field(
+        "ngram",
+        description="method is how tokens are proposed: ngram (prompt lookup, no extra "
+        "model), eagle/eagle3/medusa/mlp_speculator (a trained draft head named by model), "
+        "or mtp (the model's own multi-token-prediction layers). A separate draft model is "
+        "not offered: vLLM v0.12.0 raises NotImplementedError for it.",
+    )
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="model is the draft head's Hugging Face id (eagle, eagle3, medusa, "
+        "mlp_speculator only).",
+    )
     num_speculative_tokens: int = Field(
-        5, ge=1, le=16, description="numSpeculativeTokens is how many tokens the draft proposes."
+        5, ge=1, le=16, description="numSpeculativeTokens is how many tokens are proposed."
+    )
+    prompt_lookup_max: int | None = Field(
+        None, ge=1, description="promptLookupMax is the longest n-gram matched (ngram only)."
+    )
+    prompt_lookup_min: int | None = Field(
+        None, ge=1, description="promptLookupMin is the shortest n-gram matched (ngram only)."
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.model) == (self.method in "
+            + str(list(SPECULATIVE_METHODS_WITH_MODEL)).replace('"', "'")
+            + ")",
+            message="speculativeDecoding.model is required for eagle, eagle3, medusa and "
+            "mlp_speculator, and must be empty for ngram and mtp",
+            check=lambda s: (s.model is not None) == (s.method in SPECULATIVE_METHODS_WITH_MODEL),
+            field_path=".model",
+        ),
+        Rule(
+            cel="self.method == 'ngram' || (!has(self.promptLookupMax) && "
+            "!has(self.promptLookupMin))",
+            message="speculativeDecoding.promptLookupMax/Min apply to method ngram only",
+            check=lambda s: (
+                s.method == "ngram" or (s.prompt_lookup_max is None and s.prompt_lookup_min is None)
+            ),
+        ),
+        Rule(
+            cel="!has(self.promptLookupMax) || !has(self.promptLookupMin) || "
+            "self.promptLookupMin <= self.promptLookupMax",
+            message="speculativeDecoding.promptLookupMin must be at most promptLookupMax",
+            check=lambda s: (
+                s.prompt_lookup_max is None
+                or s.prompt_lookup_min is None
+                or s.prompt_lookup_min <= s.prompt_lookup_max
+            ),
+            field_path=".promptLookupMin",
+        ),
     )
 
 
@@ -444,7 +588,18 @@ class LoraAdapter(ApiModel):
     """A LoRA adapter served next to the base model."""
 
     name: str = Field(..., min_length=1, description="name is the model name clients request.")
-    source: str = Field(..., min_length=1, description="source is the adapter's id or path.")
+    source: str = Field(
+        ...,
+        min_length=1,
+        description="source is the adapter's Hugging Face id or a local path (on a PVC).",
+    )
+    rank: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description="rank is the adapter's LoRA rank (r in adapter_config.json); the engine "
+        "reserves room for the largest.",
+    )
 
 
 class FeaturesSpec(ApiModel):
@@ -452,14 +607,19 @@ class FeaturesSpec(ApiModel):
 
     prefix_caching: bool = Field(True, description="prefixCaching reuses KV of shared prefixes.")
     speculative_decoding: SpeculativeDecodingSpec | None = Field(
-        None, description="speculativeDecoding enables a draft model (vLLM only)."
+        None, description="speculativeDecoding enables speculative decoding (vLLM only)."
     )
     fp8_kv_cache: bool = Field(
-        False, description="fp8KvCache stores the KV cache in FP8, doubling its capacity."
+        False,
+        description="fp8KvCache stores the KV cache in 8 bits (FP8 on vLLM and TGI, q8_0 on "
+        "llama.cpp), nearly doubling its capacity.",
     )
     lora_adapters: list[LoraAdapter] = Field(
         default_factory=list, description="loraAdapters are served alongside the base model."
     )
+
+
+IntOrString = Annotated[int | str, WithJsonSchema({"x-kubernetes-int-or-string": True})]
 
 
 class EnvVar(ApiModel):
@@ -479,16 +639,103 @@ class OverridesSpec(ApiModel):
     env: list[EnvVar] = Field(
         default_factory=list, description="env is added to (and overrides) the engine's env."
     )
-    resources: dict[str, dict[str, str]] | None = Field(
+    resources: dict[str, dict[str, IntOrString]] | None = Field(
         None,
         description="resources replaces the engine container's requests/limits "
         "(core/v1 ResourceRequirements: {requests: {...}, limits: {...}}).",
     )
     pod_template_patch: dict[str, Any] | None = Field(
         None,
-        description="podTemplatePatch is a strategic-merge patch applied to the pod template.",
+        description="podTemplatePatch is a strategic-merge patch applied to the pod template. "
+        "It may not reach the host, raise privileges or change the pod's identity "
+        "(docs/security.md).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
+
+    # NOTE: opt_out: pydantic leaves these to the renderer, which knows whether the
+    # operator was installed with the opt-in (security.violations).
+    rules: ClassVar[tuple[Rule, ...]] = tuple(
+        Rule(
+            cel=security.cel_rule(guard),
+            message=guard.message,
+            check=lambda o: not security.violations(o.pod_template_patch),
+            field_path=".podTemplatePatch",
+            opt_out=security.OPT_OUT_SETTING,
+        )
+        for guard in security.GUARDS
+    )
+
+
+def _cel_list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def _engine_allows(engine: str, what: str, allowed: list[str]) -> Callable[[Any], bool]:
+    """The pydantic side of an engine rule: `what` (quantization or source) is allowed."""
+
+    def check(spec: Any) -> bool:
+        value = spec.quantization if what == "quantization" else spec.model.source
+        return bool(spec.engine != engine or value in allowed)
+
+    return check
+
+
+def _engine_rules() -> tuple[Rule, ...]:
+    """CEL rules generated from the engines' capability matrix: what an explicitly chosen
+    engine does not serve is refused at admission (and by pydantic offline), whatever the
+    hardware. What depends on the model or the GPU is checked when planning."""
+    rules: list[Rule] = []
+    for name, engine in engines.ENGINES.items():
+        caps = engine.capabilities
+        served = sorted(caps.quantizations)
+        rules.append(
+            Rule(
+                cel=f"self.engine != '{name}' || self.quantization in "
+                + _cel_list(["auto", *served]),
+                message=f"engine {name} serves quantization {', '.join(served)} (or auto): "
+                "change quantization, or set engine to auto",
+                check=_engine_allows(name, "quantization", ["auto", *served]),
+                field_path=".quantization",
+            )
+        )
+        sources = sorted(caps.model_sources)
+        rules.append(
+            Rule(
+                cel=f"self.engine != '{name}' || !has(self.model.source) || "
+                f"self.model.source in {_cel_list(sources)}",
+                message=f"engine {name} loads models from {', '.join(sources)}: change "
+                "model.source or the engine",
+                check=_engine_allows(name, "source", sources),
+                field_path=".model.source",
+            )
+        )
+    speculative = sorted(
+        n for n, e in engines.ENGINES.items() if e.capabilities.speculative_methods
+    )
+    rules.append(
+        Rule(
+            cel="!(has(self.features) && has(self.features.speculativeDecoding)) || "
+            f"self.engine in {_cel_list(['auto', *speculative])}",
+            message="features.speculativeDecoding is supported by "
+            f"{', '.join(speculative)} only: set engine to {' or '.join(speculative)} or auto",
+            check=lambda s: (
+                s.features.speculative_decoding is None or s.engine in ("auto", *speculative)
+            ),
+            field_path=".engine",
+        )
+    )
+    lora = sorted(n for n, e in engines.ENGINES.items() if e.capabilities.lora)
+    rules.append(
+        Rule(
+            cel="!(has(self.features) && has(self.features.loraAdapters) && "
+            f"size(self.features.loraAdapters) > 0) || self.engine in {_cel_list(['auto', *lora])}",
+            message=f"features.loraAdapters are served by {', '.join(lora)} only: set engine to "
+            f"{' or '.join(lora)} or auto",
+            check=lambda s: not s.features.lora_adapters or s.engine in ("auto", *lora),
+            field_path=".engine",
+        )
+    )
+    return tuple(rules)
 
 
 class LLMDeploymentSpec(ApiModel):
@@ -525,25 +772,31 @@ class LLMDeploymentSpec(ApiModel):
         "subresource when scaling.mode is external; the built-in autoscaler leaves it alone.",
     )
 
-    rules: ClassVar[tuple[Rule, ...]] = (
-        Rule(
-            cel="!(self.quantization in ['q4_k_m', 'q5_k_m', 'q8_0']) || "
-            "self.engine in ['auto', 'llamacpp']",
-            message="quantization q4_k_m, q5_k_m and q8_0 are GGUF formats: set engine to "
-            "llamacpp or auto",
-            check=lambda s: (
-                s.quantization not in GGUF_QUANTIZATIONS or s.engine in ("auto", "llamacpp")
+    def engine_ask(self, arch: Architecture | None, gguf_repo: bool = False) -> engines.Ask:
+        """What this spec asks of an engine, for its capability check (`Engine.refusals`).
+
+        Args:
+            arch: the model's resolved architecture (checkpoint format, model type).
+            gguf_repo: whether a GGUF repository is known for the model.
+        """
+        features = self.features
+        spec_decoding = features.speculative_decoding
+        return engines.Ask(
+            quantization=self.quantization,
+            checkpoint=arch.checkpoint_quantization if arch is not None else None,
+            model_type=arch.model_type if arch is not None else None,
+            model_source=self.model.source,
+            gguf_repo=gguf_repo,
+            prefix_caching=features.prefix_caching,
+            fp8_kv_cache=features.fp8_kv_cache,
+            lora_adapters=tuple(
+                engines.Lora(a.name, a.source, a.rank) for a in features.lora_adapters
             ),
-            field_path=".engine",
-        ),
-        Rule(
-            cel="!(has(self.features) && has(self.features.speculativeDecoding)) || "
-            "self.engine in ['auto', 'vllm']",
-            message="features.speculativeDecoding is supported by vllm only: set engine to "
-            "vllm or auto",
-            check=lambda s: s.features.speculative_decoding is None or s.engine in ("auto", "vllm"),
-            field_path=".engine",
-        ),
+            speculative_method=spec_decoding.method if spec_decoding is not None else None,
+        )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        *_engine_rules(),
         Rule(
             cel="!has(self.scaling) || !has(self.scaling.mode) || "
             "self.scaling.mode != 'external' || has(self.replicas)",
@@ -565,7 +818,9 @@ class Condition(ApiModel):
     reason: str = Field(..., description="reason is a CamelCase word for the last transition.")
     message: str = Field("", description="message explains the status to a person.")
     last_transition_time: str = Field(
-        ..., description="lastTransitionTime is when status last changed (RFC 3339)."
+        ...,
+        description="lastTransitionTime is when status last changed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
     )
     observed_generation: int | None = Field(
         None, description="observedGeneration is the spec generation the condition reflects."
@@ -594,6 +849,11 @@ class PlanStatus(ApiModel):
         "memory plan assumed (vLLM --max-num-batched-tokens).",
     )
     weights_gib_per_gpu: float = Field(..., description="weightsGiBPerGpu is weight memory.")
+    download_gib: float | None = Field(
+        None,
+        description="downloadGiB is the size of the checkpoint each pod downloads (a 16-bit "
+        "checkpoint quantized while loading is downloaded whole); it sizes the model cache.",
+    )
     kv_cache_gib_per_gpu: float = Field(..., description="kvCacheGiBPerGpu is KV cache memory.")
     ttft_ms: float = Field(..., description="ttftMs is the predicted time to first token.")
     tpot_ms: float = Field(..., description="tpotMs is the predicted time per output token.")

@@ -9,26 +9,14 @@ query only leaves that field None. Called by the autoscaler loop; `make_client` 
 `PrometheusConnect` it passes in.
 
 Series are selected by the target labels the PodMonitor relabelling gives every engine
-pod, `namespace` and `llmdeployment` (the same labels e2e/sim/engine_sim.py writes).
-Metric names, from the engines' sources:
-
-* vLLM, `vllm/v1/metrics/loggers.py` (PrometheusStatLogger): counter
-  `vllm:generation_tokens` (exposed as `vllm:generation_tokens_total`), gauges
-  `vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc`
-  (0..1; `vllm:gpu_cache_usage_perc` before it, deprecated and no longer emitted).
-* TGI, `router/src/server.rs` and `backends/v3/src/{queue,backend}.rs`: histogram
-  `tgi_request_generated_tokens` (observed when a request ends, so its `_sum` lags by one
-  request's duration), gauges `tgi_queue_size` and `tgi_batch_current_size`; no KV gauge.
-* llama.cpp server, `tools/server` with `--metrics`: counter
-  `llamacpp:tokens_predicted_total`, gauges `llamacpp:requests_processing` and
-  `llamacpp:requests_deferred`. `llamacpp:kv_cache_usage_ratio` was removed upstream
-  (ggml-org/llama.cpp#13660); it is still queried for older builds and is None otherwise.
+pod, `namespace` and `llmdeployment` (the same labels e2e/sim/engine_sim.py writes). The
+metric names and queries are each engine's own (`Engine.metrics` in
+`llm_operator.engines`, which cites the engine's source).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from string import Template
 from typing import Any, Final, Protocol
 
@@ -37,57 +25,14 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
+from llm_operator import engines
 from llm_operator.autoscaler.decide import Observation
+from llm_operator.engines import Metrics
 
 RATE_WINDOW: Final = "1m"
 
 
-@dataclass(frozen=True)
-class EngineQueries:
-    """PromQL templates for one engine; `$selector` is the label matcher.
-
-    Attributes:
-        output_tokens_per_second: generated tokens/s summed over the pods.
-        running_requests: requests being generated, summed.
-        waiting_requests: requests queued, summed.
-        kv_cache_usage: mean KV-cache usage 0..1, or None when the engine has no gauge.
-    """
-
-    output_tokens_per_second: str
-    running_requests: str
-    waiting_requests: str
-    kv_cache_usage: str | None
-
-
-ENGINE_QUERIES: Final[dict[str, EngineQueries]] = {
-    "vllm": EngineQueries(
-        output_tokens_per_second=(
-            f"sum(rate(vllm:generation_tokens_total{{$selector}}[{RATE_WINDOW}]))"
-        ),
-        running_requests="sum(vllm:num_requests_running{$selector})",
-        waiting_requests="sum(vllm:num_requests_waiting{$selector})",
-        # NOTE: `or` keeps whichever of the two names a vLLM version exports.
-        kv_cache_usage=(
-            "avg(vllm:kv_cache_usage_perc{$selector} or vllm:gpu_cache_usage_perc{$selector})"
-        ),
-    ),
-    "tgi": EngineQueries(
-        output_tokens_per_second=(
-            f"sum(rate(tgi_request_generated_tokens_sum{{$selector}}[{RATE_WINDOW}]))"
-        ),
-        running_requests="sum(tgi_batch_current_size{$selector})",
-        waiting_requests="sum(tgi_queue_size{$selector})",
-        kv_cache_usage=None,
-    ),
-    "llamacpp": EngineQueries(
-        output_tokens_per_second=(
-            f"sum(rate(llamacpp:tokens_predicted_total{{$selector}}[{RATE_WINDOW}]))"
-        ),
-        running_requests="sum(llamacpp:requests_processing{$selector})",
-        waiting_requests="sum(llamacpp:requests_deferred{$selector})",
-        kv_cache_usage="avg(llamacpp:kv_cache_usage_ratio{$selector})",
-    ),
-}
+EngineQueries = Metrics
 
 
 class QueryClient(Protocol):
@@ -141,11 +86,10 @@ def build_queries(
         ValueError: for an unknown engine.
     """
     try:
-        templates = ENGINE_QUERIES[engine]
-    except KeyError:
-        known = ", ".join(sorted(ENGINE_QUERIES))
-        raise ValueError(f"unknown engine {engine!r}; expected one of {known}") from None
-    sel = {"selector": selector(namespace, name)}
+        templates = engines.get(engine).metrics
+    except KeyError as err:
+        raise ValueError(str(err)) from None
+    sel = {"selector": selector(namespace, name), "window": RATE_WINDOW}
     tokens = Template(templates.output_tokens_per_second).substitute(sel)
     if tokens_query:
         values = {"namespace": _escape(namespace), "name": _escape(name)}

@@ -99,6 +99,13 @@ class GpuType(_Entry):
         """Whether this is a CPU node class rather than an accelerator."""
         return self.kind == "cpu"
 
+    @property
+    def accelerator(self) -> Literal["nvidia", "amd", "cpu"]:
+        """The device family engines build images for: nvidia, amd or cpu."""
+        if self.kind == "cpu":
+            return "cpu"
+        return "amd" if self.vendor == "amd" else "nvidia"
+
 
 class _ModelFile(_Entry):
     models: tuple[ModelEntry, ...]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from llm_operator.api.v1alpha1 import GGUF_QUANTIZATIONS, Architecture
 from llm_operator.catalog import GB, GIB, GpuType
+from llm_operator.engines import EngineMemory
 
 # Bits per weight as sold: the seed calculator's numbers (70B x 16 bits = 140 GB).
 NOMINAL_BITS: dict[str, float] = {
@@ -22,8 +23,11 @@ NOMINAL_BITS: dict[str, float] = {
     "int4": 4,
     "awq": 4,
     "gptq": 4,
+    "q4_0": 4,
+    "q4_1": 4,
     "q4_k_m": 4,
     "q5_k_m": 5,
+    "q6_k": 6,
     "q8_0": 8,
 }
 
@@ -32,6 +36,10 @@ NOMINAL_BITS: dict[str, float] = {
 #   of 128 (AutoAWQ and AutoGPTQ default group_size=128): 4 + 16/128 + 4/128 = 4.156.
 # - q8_0: blocks of 32 int8 weights with one fp16 scale: 8 + 16/32 = 8.5 (llama.cpp
 #   ggml-common.h block_q8_0).
+# - q4_0 / q4_1: blocks of 32 4-bit weights with one fp16 scale (q4_1: and an fp16 min):
+#   4 + 16/32 = 4.5 and 4 + 32/32 = 5.0 (ggml-common.h block_q4_0, block_q4_1).
+# - q6_k: super-blocks of 256 6-bit weights, 16 int8 scales and an fp16 scale: 210 bytes
+#   per 256 weights = 6.5625 (ggml-common.h block_q6_K).
 # - q4_k_m / q5_k_m: whole-file averages for Llama-3.1-8B as listed in llama.cpp
 #   tools/quantize/README.md (Q4_K_M 4.89 BPW, Q5_K_M 5.70 BPW); the mixes keep some
 #   tensors at higher precision, so they are averages over every tensor, embeddings included.
@@ -44,8 +52,11 @@ STORED_BITS: dict[str, float] = {
     "int4": 4 + 16 / 128 + 4 / 128,
     "awq": 4 + 16 / 128 + 4 / 128,
     "gptq": 4 + 16 / 128 + 4 / 128,
+    "q4_0": 4.5,
+    "q4_1": 5.0,
     "q4_k_m": 4.89,
     "q5_k_m": 5.70,
+    "q6_k": 6.5625,
     "q8_0": 8.5,
 }
 
@@ -108,13 +119,6 @@ def weight_bytes(arch: Architecture, quantization: str) -> int:
     return math.ceil(params * bits / 8)
 
 
-def kv_dtype_bytes(quantization: str, fp8_kv_cache: bool) -> int:
-    """Bytes per KV element: 1 with an FP8 KV cache, 4 for fp32 models, else 2 (fp16/bf16)."""
-    if fp8_kv_cache:
-        return 1
-    return 4 if quantization == "fp32" else 2
-
-
 def _kv_width(arch: Architecture, kv_heads: int) -> int:
     """Elements stored per token per layer: K and V heads, or the MLA latent."""
     if arch.is_mla:
@@ -122,17 +126,17 @@ def _kv_width(arch: Architecture, kv_heads: int) -> int:
     return 2 * kv_heads * arch.head_dim_or_default
 
 
-def kv_bytes_per_token(arch: Architecture, dtype_bytes: int) -> int:
+def kv_bytes_per_token(arch: Architecture, dtype_bytes: float) -> int:
     """KV cache bytes per token for the whole model, every layer at full attention.
 
     2 x layers x KV heads x head_dim x bytes; for MLA, layers x (kv_lora_rank +
     qk_rope_head_dim) x bytes (the compressed latent is what is cached).
     """
-    return arch.layers * _kv_width(arch, arch.kv_heads_or_default) * dtype_bytes
+    return math.ceil(arch.layers * _kv_width(arch, arch.kv_heads_or_default) * dtype_bytes)
 
 
 def kv_bytes_per_token_per_gpu(
-    arch: Architecture, dtype_bytes: int, tensor_parallel: int, pipeline_parallel: int
+    arch: Architecture, dtype_bytes: float, tensor_parallel: int, pipeline_parallel: int
 ) -> int:
     """KV bytes per token on one GPU of a TP x PP group.
 
@@ -141,7 +145,7 @@ def kv_bytes_per_token_per_gpu(
     """
     layers = math.ceil(arch.layers / pipeline_parallel)
     kv_heads = 0 if arch.is_mla else math.ceil(arch.kv_heads_or_default / tensor_parallel)
-    return layers * _kv_width(arch, kv_heads) * dtype_bytes
+    return math.ceil(layers * _kv_width(arch, kv_heads) * dtype_bytes)
 
 
 def kv_tokens_per_sequence(arch: Architecture, length: int) -> float:
@@ -155,25 +159,6 @@ def kv_tokens_per_sequence(arch: Architecture, length: int) -> float:
     windowed = arch.layers if arch.sliding_window_layers is None else arch.sliding_window_layers
     full = arch.layers - windowed
     return (full * length + windowed * min(length, arch.sliding_window)) / arch.layers
-
-
-@dataclass(frozen=True)
-class EngineMemory:
-    """How an engine carves up device memory.
-
-    Attributes:
-        utilization: fraction of device memory the engine may use (vLLM
-            --gpu-memory-utilization; TGI --cuda-memory-fraction; llama.cpp: what we leave).
-        batched_tokens: tokens in the profiling/warm-up forward pass that sets the activation
-            peak (vLLM max-num-batched-tokens, TGI max-batch-prefill-tokens, llama.cpp ubatch).
-        non_torch_gib: CUDA context, allocator and library memory outside activations.
-        comm_buffer_gib: extra per GPU when TP > 1 (NCCL and custom all-reduce buffers).
-    """
-
-    utilization: float
-    batched_tokens: int
-    non_torch_gib: float
-    comm_buffer_gib: float
 
 
 def activation_bytes(arch: Architecture, mem: EngineMemory, tensor_parallel: int) -> int:
@@ -230,18 +215,20 @@ def memory_fit(
     tensor_parallel: int,
     pipeline_parallel: int,
     mem: EngineMemory,
-    fp8_kv_cache: bool = False,
+    kv_element_bytes: float = 2.0,
 ) -> MemoryFit:
     """Split one GPU's memory into weights, overhead and KV cache.
 
     Weights are assumed evenly split over TP x PP ranks (embeddings are vocab-parallel).
+    `kv_element_bytes` is what the engine stores per KV element
+    (`Engine.kv_cache_element_bytes`: 2 for 16-bit, 1 for FP8, 34/32 for q8_0).
     """
     usable = int(gpu.memory_bytes * mem.utilization)
     weights = math.ceil(weight_bytes(arch, quantization) / (tensor_parallel * pipeline_parallel))
     overhead = overhead_bytes(arch, mem, tensor_parallel)
     kv = usable - weights - overhead
     per_token = kv_bytes_per_token_per_gpu(
-        arch, kv_dtype_bytes(quantization, fp8_kv_cache), tensor_parallel, pipeline_parallel
+        arch, kv_element_bytes, tensor_parallel, pipeline_parallel
     )
     return MemoryFit(
         usable_bytes=usable,

@@ -12,16 +12,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from llm_operator import engines as registry
 from llm_operator.api.v1alpha1 import Architecture, LLMDeploymentSpec, PlanStatus
-from llm_operator.catalog import GIB, Catalog, GpuType, UnknownNameError
+from llm_operator.catalog import GIB, Catalog, GpuType, ModelEntry, UnknownNameError
+from llm_operator.engines import Ask, Engine
 from llm_operator.planner import cost, memory, timing
-from llm_operator.planner.engines import ENGINES, EngineProfile, memory_on
 
 # `quantization: auto` considers only formats that keep quality close to the checkpoint:
 # 16-bit, FP8 on GPUs with FP8 tensor cores, and GGUF q8_0 for llama.cpp. 4-bit formats
 # are chosen only when asked for.
 AUTO_QUANTIZATIONS = ("bf16", "fp8", "q8_0")
-ENGINE_PREFERENCE = ("vllm", "tgi", "llamacpp")
+ENGINE_PREFERENCE = registry.PREFERENCE
 KV_BLOCK_TOKENS = 16  # vLLM's default paged-attention block size
 CONTEXT_GRANULE = 256  # `maxModelLen: auto` is rounded down to a multiple of this
 
@@ -35,7 +36,7 @@ class Candidate:
     """A feasible layout with its predictions (per replica)."""
 
     gpu: GpuType
-    engine: EngineProfile
+    engine: Engine
     quantization: str
     tensor_parallel: int
     pipeline_parallel: int
@@ -48,6 +49,14 @@ class Candidate:
     timing: timing.Timing
     cost_per_hour: float
     cost_per_million: float
+    kv_allocated_bytes: int | None = None
+    download_bytes: int | None = None
+
+    @property
+    def kv_bytes(self) -> int:
+        """KV cache bytes per GPU: what the engine allocates (llama.cpp: exactly
+        --ctx-size tokens), else all memory left after weights and overhead."""
+        return self.fit.kv_bytes if self.kv_allocated_bytes is None else self.kv_allocated_bytes
 
     @property
     def gpus(self) -> int:
@@ -76,7 +85,10 @@ class Candidate:
             max_concurrent_sequences=self.max_sequences,
             max_num_batched_tokens=self.batched_tokens,
             weights_gib_per_gpu=round(self.fit.weights_bytes / GIB, 2),
-            kv_cache_gib_per_gpu=round(max(0, self.fit.kv_bytes) / GIB, 2),
+            download_gib=(
+                None if self.download_bytes is None else round(self.download_bytes / GIB, 2)
+            ),
+            kv_cache_gib_per_gpu=round(max(0, self.kv_bytes) / GIB, 2),
             ttft_ms=round(self.timing.ttft_ms, 1),
             tpot_ms=round(self.timing.tpot_ms, 2),
             output_tokens_per_second=round(self.timing.output_tokens_per_second, 1),
@@ -115,12 +127,23 @@ class Request:
     min_replicas: int = 1
     fp8_kv_cache: bool = False
     gpu_memory_utilization: float | None = None
+    ask: Ask = field(default_factory=lambda: Ask(quantization="auto"))
 
     @classmethod
-    def from_spec(cls, spec: LLMDeploymentSpec) -> Request:
-        """The planning request an LLMDeployment spec makes."""
+    def from_spec(
+        cls, spec: LLMDeploymentSpec, arch: Architecture | None = None, gguf_repo: bool = False
+    ) -> Request:
+        """The planning request an LLMDeployment spec makes.
+
+        Args:
+            spec: the spec.
+            arch: the resolved architecture (its checkpoint format and model type feed the
+                engines' capability checks).
+            gguf_repo: whether a GGUF repository is known for the model.
+        """
         slo = spec.workload.slo
         mml = spec.context.max_model_len
+        ask = spec.engine_ask(arch, gguf_repo)
         return cls(
             input_tokens=spec.workload.input_tokens,
             output_tokens=spec.workload.output_tokens,
@@ -132,6 +155,7 @@ class Request:
             max_cost_per_million=spec.budget.max_cost_per_million_tokens,
             min_replicas=max(1, spec.scaling.min_replicas),
             fp8_kv_cache=spec.features.fp8_kv_cache,
+            ask=ask,
         )
 
 
@@ -223,7 +247,7 @@ def _largest_batch(
 def evaluate(
     arch: Architecture,
     gpu: GpuType,
-    engine: EngineProfile,
+    engine: Engine,
     quantization: str,
     tensor_parallel: int,
     pipeline_parallel: int,
@@ -252,13 +276,18 @@ def evaluate(
     def reject(reason: str, shortfall: float = math.inf) -> Rejection:
         return Rejection(label, reason, shortfall)
 
-    if quantization not in engine.quantizations:
-        return reject(f"{engine.name} does not serve {quantization} weights")
-    if gpu.is_cpu and not engine.runs_on_cpu:
-        return reject(f"{engine.name} needs a GPU")
-    if tp > 1 and not engine.tensor_parallel:
+    caps = engine.capabilities
+    ask = replace(
+        req.ask,
+        quantization=quantization,
+        accelerator=gpu.accelerator,
+        multi_node=tp * pp > per_node,
+    )
+    if refused := engine.refusals(ask):
+        return reject("; ".join(r.message for r in refused))
+    if tp > 1 and not caps.tensor_parallel:
         return reject(f"{engine.name} does not shard a replica (tensor parallel)")
-    if pp > 1 and not engine.pipeline_parallel:
+    if pp > 1 and not caps.pipeline_parallel:
         return reject(f"{engine.name} does not split layers over GPUs (pipeline parallel)")
     if tp > per_node:
         return reject(f"TP {tp} exceeds {per_node} GPUs per node")
@@ -269,10 +298,11 @@ def evaluate(
     if (why := _tp_valid(arch, tp)) is not None:
         return reject(why)
 
-    mem = memory_on(engine, gpu)
+    mem = engine.memory_on(gpu.memory_gib, gpu.name, gpu.accelerator)
     if req.gpu_memory_utilization is not None:
         mem = replace(mem, utilization=req.gpu_memory_utilization)
-    fit = memory.memory_fit(arch, gpu, quantization, tp, pp, mem, req.fp8_kv_cache)
+    kv_element = engine.kv_cache_element_bytes(quantization, req.fp8_kv_cache, gpu.accelerator)
+    fit = memory.memory_fit(arch, gpu, quantization, tp, pp, mem, kv_element)
     if not fit.weights_fit:
         needed = fit.weights_bytes + fit.overhead_bytes
         return reject(
@@ -290,7 +320,8 @@ def evaluate(
     seq_tokens = _sequence_tokens(arch, workload_len)
     fits_len = _max_len_that_fits(arch, fit.max_kv_tokens)
     if engine.name == "llamacpp":
-        # llama-server splits -c evenly over --parallel slots.
+        # llama-server allocates exactly --ctx-size tokens, shared by --parallel slots
+        # (--kv-unified): the renderer passes slots x maxModelLen.
         slots = max(1, min(engine.max_sequences, fit.max_kv_tokens // seq_tokens))
         if req.max_model_len is not None:
             slots = max(1, min(slots, fit.max_kv_tokens // max(1, req.max_model_len)))
@@ -309,8 +340,14 @@ def evaluate(
             f"maxModelLen {max_model_len} < input + output tokens {workload_len}",
             workload_len / max(1, max_model_len),
         )
+    kv_allocated: int | None = None
     if engine.name == "llamacpp":
         max_sequences = slots
+        kv_allocated = (
+            slots
+            * math.ceil(memory.kv_tokens_per_sequence(arch, max_model_len))
+            * fit.kv_bytes_per_token
+        )
     else:
         max_sequences = min(engine.max_sequences, fit.max_kv_tokens // seq_tokens)
 
@@ -356,6 +393,10 @@ def evaluate(
         timing=predicted,
         cost_per_hour=dollars,
         cost_per_million=per_million,
+        kv_allocated_bytes=kv_allocated,
+        download_bytes=memory.weight_bytes(
+            arch, engine.downloaded_format(quantization, ask.checkpoint)
+        ),
     )
 
 
@@ -415,10 +456,11 @@ def _gpus_per_node(
     return per_node
 
 
-def _layouts(arch: Architecture, per_node: int, engine: EngineProfile) -> list[tuple[int, int]]:
+def _layouts(arch: Architecture, per_node: int, engine: Engine) -> list[tuple[int, int]]:
     """TP x PP pairs worth trying: TP a power of two within a node, PP over up to 8 nodes."""
-    tps = [t for t in (1, 2, 4, 8, 16) if t <= per_node] if engine.tensor_parallel else [1]
-    pps = range(1, min(arch.layers, 8 * per_node) + 1) if engine.pipeline_parallel else [1]
+    caps = engine.capabilities
+    tps = [t for t in (1, 2, 4, 8, 16) if t <= per_node] if caps.tensor_parallel else [1]
+    pps = range(1, min(arch.layers, 8 * per_node) + 1) if caps.pipeline_parallel else [1]
     return [
         (tp, pp)
         for tp in tps
@@ -451,43 +493,31 @@ def plan(
         PlanInputError: when the spec names an unknown model or GPU type.
     """
     arch = resolve_architecture(spec, catalog)
-    req = Request.from_spec(spec)
+    entry = model_entry(spec, catalog)
+    req = Request.from_spec(spec, arch, gguf_repo=entry is not None and entry.gguf is not None)
     gpus = _gpu_types(spec, catalog, available_gpus)
-    quantizations = AUTO_QUANTIZATIONS if spec.quantization == "auto" else (spec.quantization,)
-    engines = ENGINE_PREFERENCE if spec.engine == "auto" else (spec.engine,)
+    combos = _engine_quantizations(spec, arch, req.ask)
 
     feasible: list[Candidate] = []
     rejected: list[Rejection] = []
     for gpu in gpus:
         per_node = _gpus_per_node(spec, gpu, available_gpus)
-        for engine_name in engines:
-            engine = ENGINES[engine_name]
-            for quant in quantizations:
-                if spec.quantization == "auto" and quant == "fp8" and not gpu.supports_fp8:
-                    continue
-                if quant not in engine.quantizations:
-                    if spec.engine != "auto" and spec.quantization != "auto":
-                        rejected.append(
-                            Rejection(
-                                f"{gpu.name} {engine.name} {quant}",
-                                f"{engine.name} does not serve {quant} weights",
-                            )
-                        )
-                    continue
-                if gpu.is_cpu and not engine.runs_on_cpu:
-                    continue
-                best_reject: Rejection | None = None
-                for tp, pp in _layouts(arch, per_node if not gpu.is_cpu else 1, engine):
-                    out = evaluate(arch, gpu, engine, quant, tp, pp, req, per_node)
-                    if isinstance(out, Candidate):
-                        feasible.append(out)
-                    elif best_reject is None or out.shortfall < best_reject.shortfall:
-                        best_reject = out
-                if best_reject is not None and not any(
-                    c.gpu == gpu and c.engine == engine and c.quantization == quant
-                    for c in feasible
-                ):
-                    rejected.append(best_reject)
+        for engine, quant in combos:
+            if spec.quantization == "auto" and quant == "fp8" and not gpu.supports_fp8:
+                continue
+            if spec.engine == "auto" and gpu.accelerator not in engine.images:
+                continue
+            best_reject: Rejection | None = None
+            for tp, pp in _layouts(arch, per_node if not gpu.is_cpu else 1, engine):
+                out = evaluate(arch, gpu, engine, quant, tp, pp, req, per_node)
+                if isinstance(out, Candidate):
+                    feasible.append(out)
+                elif best_reject is None or out.shortfall < best_reject.shortfall:
+                    best_reject = out
+            if best_reject is not None and not any(
+                c.gpu == gpu and c.engine == engine and c.quantization == quant for c in feasible
+            ):
+                rejected.append(best_reject)
 
     order = {name: i for i, name in enumerate(ENGINE_PREFERENCE)}
     # NOTE: a replica that spans nodes is ranked after every single-node one: it adds a
@@ -522,6 +552,60 @@ def plan(
         rejected=rejected[:keep],
         replicas=initial_replicas(spec, chosen),
     )
+
+
+def model_entry(spec: LLMDeploymentSpec, catalog: Catalog) -> ModelEntry | None:
+    """The catalog entry of the spec's model (None when the spec describes it inline and
+    the catalog does not know the name)."""
+    try:
+        return catalog.model(spec.model.name)
+    except UnknownNameError:
+        if spec.model.architecture is not None:
+            return None
+        raise
+
+
+def _engine_quantizations(
+    spec: LLMDeploymentSpec, arch: Architecture, ask: Ask
+) -> list[tuple[Engine, str]]:
+    """The (engine, quantization) pairs worth trying, whatever the hardware.
+
+    `auto` tries the checkpoint's own format when it is pre-quantized (else 16-bit and
+    FP8), and GGUF q8_0 for llama.cpp. A pair the engine refuses for this model is dropped;
+    when the spec named both engine and quantization, the refusal is the answer.
+
+    Raises:
+        PlanInputError: naming the spec field, when nothing the spec allows can be served.
+    """
+    names = ENGINE_PREFERENCE if spec.engine == "auto" else (spec.engine,)
+    checkpoint = arch.checkpoint_quantization
+    if spec.quantization != "auto":
+        quants: tuple[str, ...] = (spec.quantization,)
+    elif checkpoint is not None:
+        quants = (checkpoint, "q8_0")
+    else:
+        quants = AUTO_QUANTIZATIONS
+    pairs: list[tuple[Engine, str]] = []
+    refusals: list[str] = []
+    for name in names:
+        engine = registry.get(name)
+        for quant in quants:
+            if quant not in engine.capabilities.quantizations and (
+                spec.quantization == "auto" or spec.engine == "auto"
+            ):
+                continue
+            refused = engine.refusals(replace(ask, quantization=quant))
+            if refused:
+                refusals += [f"{name} {quant}: {r}" for r in refused]
+            else:
+                pairs.append((engine, quant))
+    if not pairs:
+        raise PlanInputError(
+            "; ".join(refusals)
+            if refusals
+            else f"spec.quantization: no engine serves {spec.quantization}"
+        )
+    return pairs
 
 
 def _distinct(candidates: list[Candidate], keep: int) -> list[Candidate]:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from llm_operator.api.v1alpha1 import Architecture
 from llm_operator.catalog import GpuType
+from llm_operator.engines import Efficiency
 from llm_operator.planner import memory
-from llm_operator.planner.engines import Efficiency
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,31 @@ from llm_operator.api.v1alpha1 import Condition, LLMDeployment, LLMDeploymentSta
 from llm_operator.catalog import Catalog, UnknownNameError
 from llm_operator.errors import InvalidSpecError
 from llm_operator.planner.search import PlanInputError, PlanResult, plan
-from llm_operator.render import render_objects
+from llm_operator.render import RenderError, render_objects
 
 LABEL_LLMD = "serving.llm-operator.io/llmdeployment"
 LABEL_ENGINE = "serving.llm-operator.io/engine"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Operator-level settings that change what is rendered.
+
+    Attributes:
+        monitoring: render a PodMonitor per LLMDeployment.
+        allow_privileged_overrides: the opt-in that lets overrides.podTemplatePatch reach the
+            host or raise privileges (LLM_OPERATOR_ALLOW_PRIVILEGED_OVERRIDES).
+    """
+
+    monitoring: bool = False
+    allow_privileged_overrides: bool = False
+
+
+def _split_field(message: str) -> tuple[str, str]:
+    """`spec.x: why` -> ("spec.x", "why"): errors from the planner and renderer name the
+    field first."""
+    field_name, _, why = message.partition(":")
+    return field_name.strip(), why.strip()
 
 
 @dataclass(frozen=True)
@@ -84,8 +105,7 @@ def _choose_plan(
     try:
         result = plan(llmd.spec, catalog, available_gpus)
     except PlanInputError as err:
-        field_name = str(err).split(":", 1)[0]
-        raise InvalidSpecError(field_name, str(err).split(":", 1)[1].strip()) from err
+        raise InvalidSpecError(*_split_field(str(err))) from err
     chosen = result.chosen.to_status() if result.chosen else None
     if status is not None and status.plan is not None and chosen == status.plan:
         # NOTE: a spec change that leaves the plan as it was (scaling bounds, the scale
@@ -114,7 +134,7 @@ def desired_state(
     catalog: Catalog,
     available_gpus: Mapping[str, int] | None,
     children: ChildState,
-    monitoring: bool = False,
+    options: Options | None = None,
     now: str | None = None,
 ) -> Desired:
     """Decide children, status and events for one LLMDeployment.
@@ -125,12 +145,14 @@ def desired_state(
         available_gpus: catalog GPU types in the cluster -> most GPUs on one node;
             None: any type at its catalog node size.
         children: what the workload reports now.
-        monitoring: render a PodMonitor.
+        options: operator-level rendering settings.
         now: timestamp for condition transitions (tests pin it).
 
     Raises:
-        InvalidSpecError: the spec names an unknown model or GPU type.
+        InvalidSpecError: the spec names an unknown model or GPU type, or cannot be
+            rendered as written.
     """
+    options = options or Options()
     generation = llmd.metadata.get("generation")
     old = llmd.status or LLMDeploymentStatus()
     conditions: Sequence[Condition] = old.conditions
@@ -164,7 +186,18 @@ def desired_state(
     except UnknownNameError as err:
         raise InvalidSpecError("spec.model.name", str(err)) from err
     replicas = _replicas(llmd, result)
-    objects = render_objects(llmd, chosen, gpu, replicas, entry, monitoring=monitoring)
+    try:
+        objects = render_objects(
+            llmd,
+            chosen,
+            gpu,
+            replicas,
+            entry,
+            monitoring=options.monitoring,
+            allow_privileged_overrides=options.allow_privileged_overrides,
+        )
+    except RenderError as err:
+        raise InvalidSpecError(*_split_field(str(err))) from err
 
     summary = (
         f"{chosen.gpu} x{chosen.gpus_per_replica} (TP{chosen.tensor_parallel} "

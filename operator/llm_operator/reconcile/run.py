@@ -16,7 +16,7 @@ from llm_operator.catalog import Catalog, UnknownNameError
 from llm_operator.errors import InvalidSpecError
 from llm_operator.kube import Kube, NodeInventory
 from llm_operator.reconcile import apply
-from llm_operator.reconcile.desired import Desired, desired_state
+from llm_operator.reconcile.desired import Desired, Options, desired_state
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def status_dict(desired: Desired) -> dict[str, Any]:
 
 
 def reconcile_once(
-    kube: Kube, catalog: Catalog, body: dict[str, Any], monitoring: bool = False
+    kube: Kube, catalog: Catalog, body: dict[str, Any], options: Options | None = None
 ) -> Outcome:
     """Plan, render, apply and prune one LLMDeployment; return the status to write.
 
@@ -80,7 +80,7 @@ def reconcile_once(
     live = apply.live_children(kube, body)
     children = apply.child_state(kube, live, body)
     desired = desired_state(
-        llmd, catalog, available_gpus(inventory, catalog), children, monitoring=monitoring
+        llmd, catalog, available_gpus(inventory, catalog), children, options=options
     )
     report = apply.execute(kube, body, desired.objects, desired.prune, live)
     return Outcome(desired=desired, report=report, status=status_dict(desired))

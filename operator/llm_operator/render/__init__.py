@@ -6,7 +6,6 @@ Called by the reconciler (`reconcile.desired`) and `llmctl render`.
 from llm_operator.render.render import (
     ANNOTATION_SPEC_HASH,
     IMAGES,
-    QUANT_FLAGS,
     RenderError,
     labels_for,
     render_for,
@@ -20,7 +19,6 @@ from llm_operator.render.render import (
 __all__ = [
     "ANNOTATION_SPEC_HASH",
     "IMAGES",
-    "QUANT_FLAGS",
     "RenderError",
     "labels_for",
     "render_for",

@@ -1,38 +1,25 @@
 """LLMDeployment + plan -> the Kubernetes objects that run the engine (pure; no I/O).
 
-`render_objects()` builds a context of plain values in Python, renders the jinja2
-templates under `templates/` (one folder per engine for its container and arguments,
-`common/` for the workload, Service, PodDisruptionBudget and PodMonitor) and loads each
-rendered YAML text into a dict. Every value reaches YAML through `| tojson`, so a model
-name or a user's extra argument can never change the document's structure. `spec.overrides`
-apply last, then the pod template is hashed into the `serving.llm-operator.io/spec-hash`
-annotation so that any change rolls the pods. Called by `reconcile.desired` (the
-operator) and by `llmctl render` through `render_for()`.
+`render_objects()` asks the planned engine (`llm_operator.engines`) for its image, command
+line and environment, builds a context of plain values, renders the jinja2 templates under
+`templates/` (`common/` for the workload, pod template, Service, PodDisruptionBudget and
+PodMonitor; one folder per engine for its container) and loads each rendered YAML text
+into a dict. Every value reaches YAML through `| tojson`, so a model name or a user's
+extra argument can never change the document's structure. `spec.overrides` apply last
+(a pod template patch that reaches the host or raises privileges is refused, see
+`api.security`), then the pod template is hashed into the
+`serving.llm-operator.io/spec-hash` annotation so that any change rolls the pods. Called
+by `reconcile.desired` (the operator) and by `llmctl render` through `render_for()`.
 
-Engine choices (each flag checked against the engine's own docs/source; see
-tests/test_render.py `ENGINE_FLAGS` for the URLs):
-
-* Quantization -> flags (`QUANT_FLAGS`):
-  vLLM: fp32/fp16/bf16 -> `--dtype float32|float16|bfloat16`; fp8 -> `--quantization fp8`
-  (dynamic FP8 from a 16-bit checkpoint, or an FP8 checkpoint); awq -> `--quantization
-  awq_marlin` and gptq -> `--quantization gptq_marlin` (the Marlin kernels vLLM itself
-  picks for these checkpoints; they need compute capability >= 8.0, which every GPU in
-  the catalog has); int8/int4 -> no flag: such checkpoints (compressed-tensors W8A8/W4A16)
-  carry their quantization config and vLLM auto-detects it.
-  TGI: fp16/bf16 -> `--dtype float16|bfloat16`; fp8 -> `--quantize fp8`; awq -> `--quantize
-  awq`; gptq -> `--quantize gptq`; int8 -> `--quantize eetq` (8-bit, any checkpoint);
-  int4 -> `--quantize bitsandbytes-nf4` (4-bit, any checkpoint).
-  llama.cpp: the quantization picks the GGUF file of the catalog's GGUF repository
-  (`--hf-repo <repo>:<QUANT>`, e.g. `:Q4_K_M`; 16/32-bit -> `:F16`, `:BF16`, `:F32`).
-* Security context: every container drops ALL capabilities, forbids privilege escalation
-  and uses the RuntimeDefault seccomp profile. llama.cpp also runs as non-root (UID 65532):
-  `llama-server` needs no root and writes only to the model cache. The vLLM and TGI images
-  run as root (vLLM and Ray write caches under /root; TGI's entrypoint runs `ldconfig` and
-  loads libraries from /root/.local), so `runAsNonRoot` is not set for them.
-* Multi-node (plan.nodes_per_replica > 1, vLLM only): a LeaderWorkerSet whose leader runs
-  `ray start --head`, waits until the group's nodes joined, then `vllm serve ...
-  --distributed-executor-backend ray`; workers run `ray start --address=<leader>:6379
-  --block`. The Service selects leader pods only (worker-index "0").
+Pods: no service links (Kubernetes would inject `<SERVICE>_PORT=tcp://...` variables
+that vLLM reads as VLLM_PORT and TGI's launcher as PORT/MASTER_PORT), no API token,
+seccomp RuntimeDefault, every capability dropped, no privilege escalation; engines whose
+images allow it (vLLM, llama.cpp) run as a non-root UID with HOME on a writable volume,
+which meets the `restricted` Pod Security Standard; TGI runs as its image's root user
+(`baseline`, see engines/tgi.py). The model cache is an emptyDir sized from what the
+engine downloads (a 16-bit checkpoint quantized while loading is downloaded whole), with
+a matching `ephemeral-storage` request and a startup-probe budget that covers the
+download; multi-node replicas download on every node.
 """
 
 from __future__ import annotations
@@ -43,14 +30,18 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jinja2
 import yaml
 
+from llm_operator import engines
+from llm_operator.api import security
 from llm_operator.api.v1alpha1 import LLMDeployment, PlanStatus
-from llm_operator.catalog import Catalog, GpuType, ModelEntry, UnknownNameError
+from llm_operator.catalog import Catalog, GpuType, ModelEntry
+from llm_operator.engines import Engine, Launch, Lora, Speculative
+from llm_operator.engines.llamacpp import GGUF_TAGS
 
 GROUP = "serving.llm-operator.io"
 LABEL_LLMD = f"{GROUP}/llmdeployment"
@@ -61,53 +52,16 @@ LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 PORT = 8000  # OpenAI-compatible HTTP port, the same for every engine
 ENGINE_CONTAINER = "engine"  # name of the serving container (stable for podTemplatePatch)
 MODEL_DIR = "/models"  # model cache (emptyDir) or the PVC holding the weights
+HOME_DIR = "/home/engine"  # HOME and the engines' own caches (emptyDir)
+HOME_SIZE_GIB = 10  # torch.compile, Triton and FlashInfer caches
 GPU_MEMORY_UTILIZATION = 0.9
 RAY_PORT = 6379
-NON_ROOT_UID = 65532
 
-# Images pinned by tag. The flag spellings in the templates are checked for these versions.
-VLLM_VERSION = "v0.12.0"
-TGI_VERSION = "3.3.6"
-LLAMACPP_BUILD = "b10644"
+# Images of every engine and accelerator (from the engine modules), e.g. for `llmctl`.
 IMAGES: dict[str, str] = {
-    "vllm": f"vllm/vllm-openai:{VLLM_VERSION}",
-    "tgi": f"ghcr.io/huggingface/text-generation-inference:{TGI_VERSION}",
-    "tgi-rocm": f"ghcr.io/huggingface/text-generation-inference:{TGI_VERSION}-rocm",
-    "llamacpp-cpu": f"ghcr.io/ggml-org/llama.cpp:server-{LLAMACPP_BUILD}",
-    "llamacpp-cuda": f"ghcr.io/ggml-org/llama.cpp:server-cuda-{LLAMACPP_BUILD}",
-    "llamacpp-rocm": f"ghcr.io/ggml-org/llama.cpp:server-rocm-{LLAMACPP_BUILD}",
-}
-
-# Plan quantization -> engine flags (see the module docstring for why).
-QUANT_FLAGS: dict[str, dict[str, list[tuple[str, str]]]] = {
-    "vllm": {
-        "fp32": [("--dtype", "float32")],
-        "fp16": [("--dtype", "float16")],
-        "bf16": [("--dtype", "bfloat16")],
-        "fp8": [("--quantization", "fp8")],
-        "awq": [("--quantization", "awq_marlin")],
-        "gptq": [("--quantization", "gptq_marlin")],
-        "int8": [],
-        "int4": [],
-    },
-    "tgi": {
-        "fp16": [("--dtype", "float16")],
-        "bf16": [("--dtype", "bfloat16")],
-        "fp8": [("--quantize", "fp8")],
-        "awq": [("--quantize", "awq")],
-        "gptq": [("--quantize", "gptq")],
-        "int8": [("--quantize", "eetq")],
-        "int4": [("--quantize", "bitsandbytes-nf4")],
-    },
-}
-# llama.cpp: plan quantization -> the quant tag of `--hf-repo <repo>:<tag>`.
-GGUF_TAGS: dict[str, str] = {
-    "q4_k_m": "Q4_K_M",
-    "q5_k_m": "Q5_K_M",
-    "q8_0": "Q8_0",
-    "fp16": "F16",
-    "bf16": "BF16",
-    "fp32": "F32",
+    f"{name}-{accelerator}": image
+    for name, engine in engines.ENGINES.items()
+    for accelerator, image in engine.images.items()
 }
 
 _ENV = jinja2.Environment(
@@ -161,8 +115,18 @@ def selector_for(name: str, engine: str) -> dict[str, str]:
     return {LABEL_LLMD: name, LABEL_ENGINE: engine}
 
 
-def _model(llmd: LLMDeployment, entry: ModelEntry | None, engine: str) -> _Model:
+def _model(llmd: LLMDeployment, entry: ModelEntry | None, engine: Engine) -> _Model:
+    """The weights to load: exactly the checkpoint the user named.
+
+    A catalog alias resolves to one checkpoint (never to a base or quantized sibling), so a
+    catalog model is loaded by its canonical id; any other name is loaded as written.
+    """
     spec = llmd.spec.model
+    if spec.source not in engine.capabilities.model_sources:
+        sources = ", ".join(sorted(engine.capabilities.model_sources))
+        raise RenderError(
+            f"spec.model.source: {engine.name} loads models from {sources}, not {spec.source}"
+        )
     if spec.source == "hf":
         return _Model(ref=entry.name if entry is not None else spec.name, source="hf")
     uri = spec.uri or ""
@@ -170,17 +134,10 @@ def _model(llmd: LLMDeployment, entry: ModelEntry | None, engine: str) -> _Model
         claim, _, sub = uri.partition("/")
         path = f"{MODEL_DIR}/{sub}" if sub else MODEL_DIR
         return _Model(ref=path, source="pvc", pvc=claim)
-    if spec.source == "s3" and engine == "vllm":
-        return _Model(ref=uri, source="s3")
-    if spec.source == "url" and engine == "llamacpp":
-        return _Model(ref=uri, source="url")
-    raise RenderError(
-        f"spec.model.source: {spec.source} is not supported by engine {engine} "
-        "(s3 needs vllm, url needs llamacpp; use hf or pvc)"
-    )
+    return _Model(ref=uri, source=spec.source)
 
 
-def _gguf_repo(llmd: LLMDeployment, entry: ModelEntry | None, quantization: str) -> str:
+def _gguf_file(llmd: LLMDeployment, entry: ModelEntry | None, quantization: str) -> str:
     repo = entry.gguf if entry is not None else None
     if repo is None:
         raise RenderError(
@@ -208,40 +165,83 @@ def _cpu_threads(gpu: GpuType) -> int:
 def image_for(engine: str, gpu: GpuType) -> str:
     """The pinned image of an engine for a device kind (CPU, NVIDIA or AMD).
 
-    NOTE: vLLM on AMD needs a ROCm build of vLLM; the CUDA image is rendered and
-    `spec.overrides.image` must replace it.
+    Raises:
+        RenderError: the engine has no image for that accelerator.
     """
-    if engine == "llamacpp":
-        flavour = "cpu" if gpu.kind == "cpu" else ("rocm" if gpu.vendor == "amd" else "cuda")
-        return IMAGES[f"llamacpp-{flavour}"]
-    if engine == "tgi" and gpu.vendor == "amd":
-        return IMAGES["tgi-rocm"]
-    return IMAGES[engine]
+    try:
+        return engines.get(engine).image(gpu.accelerator)
+    except KeyError:
+        raise RenderError(
+            f"spec.hardware.gpuTypes: {engine} has no image for {gpu.accelerator} "
+            f"({gpu.name}); choose another engine or GPU type"
+        ) from None
 
 
 def _gib(value: float) -> str:
     return f"{max(1, math.ceil(value))}Gi"
 
 
-def startup_failure_threshold(weights_gib: float, period_s: int = 10) -> int:
-    """Startup probe failures allowed: 5 minutes plus 10 s per GiB of weights.
+def startup_failure_threshold(download_gib: float, period_s: int = 10) -> int:
+    """Startup probe failures allowed: 5 minutes plus 10 s per GiB downloaded.
 
     Downloading and loading run at roughly 100 MiB/s per pod in the worst case we plan
     for, so a 15 GiB model gets 7.5 minutes and a 400 GiB one about 72 minutes.
     """
-    return math.ceil((300 + 10 * weights_gib) / period_s)
+    return math.ceil((300 + 10 * download_gib) / period_s)
 
 
-def _pairs(raw: Sequence[Sequence[Any]]) -> list[str]:
-    """Sorted flag/value pairs flattened to argv, each flag next to its value(s)."""
-    out: list[str] = []
-    for flag, value in sorted(raw, key=lambda p: str(p[0])):
-        out.append(str(flag))
-        if isinstance(value, list):
-            out.extend(str(v) for v in value)
-        elif value is not None:
-            out.append(str(value))
-    return out
+def _launch(
+    llmd: LLMDeployment,
+    plan: PlanStatus,
+    gpu: GpuType,
+    src: _Model,
+    entry: ModelEntry | None,
+    threads: int,
+) -> Launch:
+    """What the engine's command line is made of, as plain values."""
+    spec = llmd.spec
+    features = spec.features
+    arch = spec.model.architecture or (entry.architecture if entry is not None else None)
+    spec_decoding = features.speculative_decoding
+    return Launch(
+        model=src.ref,
+        model_source=src.source,
+        gguf_file=(
+            _gguf_file(llmd, entry, plan.quantization)
+            if plan.engine == "llamacpp" and src.source == "hf"
+            else None
+        ),
+        served_name=spec.model.name,
+        revision=spec.model.revision,
+        port=PORT,
+        quantization=plan.quantization,
+        checkpoint=arch.checkpoint_quantization if arch is not None else None,
+        accelerator=gpu.accelerator,
+        tensor_parallel=plan.tensor_parallel,
+        pipeline_parallel=plan.pipeline_parallel,
+        multi_node=plan.nodes_per_replica > 1,
+        max_model_len=plan.max_model_len,
+        max_sequences=max(1, plan.max_concurrent_sequences),
+        batched_tokens=plan.max_num_batched_tokens,
+        gpu_memory_utilization=GPU_MEMORY_UTILIZATION,
+        threads=threads,
+        prefix_caching=features.prefix_caching,
+        fp8_kv_cache=features.fp8_kv_cache,
+        speculative=(
+            None
+            if spec_decoding is None
+            else Speculative(
+                method=spec_decoding.method,
+                model=spec_decoding.model,
+                num_tokens=spec_decoding.num_speculative_tokens,
+                prompt_lookup_max=spec_decoding.prompt_lookup_max,
+                prompt_lookup_min=spec_decoding.prompt_lookup_min,
+            )
+        ),
+        lora=tuple(Lora(a.name, a.source, a.rank) for a in features.lora_adapters),
+        model_dir=MODEL_DIR,
+        home_dir=HOME_DIR,
+    )
 
 
 def _context(
@@ -255,24 +255,39 @@ def _context(
     name = str(llmd.metadata.get("name") or "")
     if not name:
         raise RenderError("metadata.name: the LLMDeployment has no name")
-    engine = plan.engine
+    engine = engines.get(plan.engine)
     spec = llmd.spec
     cpu = gpu.kind == "cpu"
     nodes = max(1, plan.nodes_per_replica)
-    if nodes > 1 and engine != "vllm":
-        raise RenderError(f"plan: {engine} cannot span nodes; only vllm runs multi-node")
+    # NOTE: the planner never proposes what the engine refuses; checked again here so a
+    # plan kept from an older operator version cannot render a pod the engine rejects.
+    arch = spec.model.architecture or (model.architecture if model is not None else None)
+    ask = replace(
+        spec.engine_ask(arch, gguf_repo=model is not None and model.gguf is not None),
+        quantization=plan.quantization,
+        accelerator=gpu.accelerator,
+        multi_node=nodes > 1,
+    )
+    if refused := engine.refusals(ask):
+        raise RenderError("; ".join(str(r) for r in refused))
     gpus_per_pod = 0 if cpu else plan.tensor_parallel * plan.pipeline_parallel // nodes
     weights_gib = plan.weights_gib_per_gpu * max(1, plan.gpus_per_replica)
     weights_per_pod = weights_gib / nodes
+    # NOTE: every pod of a replica downloads the whole checkpoint (each node of a
+    # multi-node group too); the plan says how large it is as stored.
+    download_gib = plan.download_gib if plan.download_gib is not None else weights_gib
     src = _model(llmd, model, engine)
-
-    resources: dict[str, dict[str, str]]
+    cache_gib = 0.0 if src.pvc else download_gib * 1.05 + 2
     threads = _cpu_threads(gpu) if cpu else 0
+
+    storage = {"ephemeral-storage": _gib(cache_gib + HOME_SIZE_GIB)}
+    resources: dict[str, dict[str, str]]
     if cpu:
-        # Weights are memory-mapped, the KV cache and compute buffers come on top.
-        memory = _gib(weights_gib + plan.kv_cache_gib_per_gpu + 2)
+        # llama.cpp memory-maps the weights and allocates exactly its KV cache (--ctx-size)
+        # plus compute buffers; the request is that, not the node's memory.
+        memory = _gib(weights_gib + plan.kv_cache_gib_per_gpu + 1)
         resources = {
-            "requests": {"cpu": str(threads), "memory": memory},
+            "requests": {"cpu": str(threads), "memory": memory, **storage},
             "limits": {"memory": memory},
         }
     else:
@@ -287,13 +302,13 @@ def _context(
                 "cpu": str(4 * gpus_per_pod),
                 "memory": _gib(host_gib),
                 resource: str(gpus_per_pod),
+                **storage,
             },
             "limits": {resource: str(gpus_per_pod)},
         }
 
-    env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": f"{MODEL_DIR}/hf"}]
-    if engine == "llamacpp":
-        env.append({"name": "LLAMA_CACHE", "value": f"{MODEL_DIR}/llama.cpp"})
+    launch = _launch(llmd, plan, gpu, src, model, threads)
+    env = engine.env(launch)
     secret = spec.model.hf_token_secret
     if secret is not None:
         env.append(
@@ -314,79 +329,40 @@ def _context(
         tolerations.insert(0, {"key": key, "operator": "Exists", "effect": "NoSchedule"})
     node_selector.update(spec.hardware.node_selector)
 
-    features = spec.features
-    speculative = None
-    if features.speculative_decoding is not None:
-        speculative = json.dumps(
-            {
-                "method": "draft_model",
-                "model": features.speculative_decoding.draft_model,
-                "num_speculative_tokens": features.speculative_decoding.num_speculative_tokens,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        )
-    workload = spec.workload
     ctx: dict[str, Any] = {
         "name": name,
         "namespace": llmd.metadata.get("namespace"),
-        "engine": engine,
-        "labels": labels_for(name, engine),
-        "selector": selector_for(name, engine),
+        "engine": engine.name,
+        "labels": labels_for(name, engine.name),
+        "selector": selector_for(name, engine.name),
         "replicas": replicas,
         "nodes": nodes,
         "multinode": nodes > 1,
         "monitoring": monitoring,
         "cpu": cpu,
-        "gpus_per_pod": gpus_per_pod,
-        "threads": threads,
         "port": PORT,
         "ray_port": RAY_PORT,
         "container_name": ENGINE_CONTAINER,
         "model_dir": MODEL_DIR,
-        "model": src.ref,
-        "model_source": src.source,
+        "home_dir": HOME_DIR,
+        "home_size": _gib(HOME_SIZE_GIB),
         "pvc": src.pvc,
-        "revision": spec.model.revision,
-        "served_model_name": spec.model.name,
-        "gguf": (
-            _gguf_repo(llmd, model, plan.quantization)
-            if engine == "llamacpp" and src.source == "hf"
-            else None
-        ),
-        "quant_flags": [list(p) for p in QUANT_FLAGS.get(engine, {}).get(plan.quantization, [])],
-        "plan": plan.model_dump(),
-        "max_model_len": plan.max_model_len,
-        "max_seqs": max(1, plan.max_concurrent_sequences),
-        "batched_tokens": plan.max_num_batched_tokens,
-        "max_batch_total_tokens": max(
-            plan.max_model_len,
-            max(1, plan.max_concurrent_sequences)
-            * min(plan.max_model_len, workload.input_tokens + workload.output_tokens),
-        ),
-        "gpu_memory_utilization": GPU_MEMORY_UTILIZATION,
-        "prefix_caching": features.prefix_caching,
-        "fp8_kv_cache": features.fp8_kv_cache,
-        "speculative_config": speculative,
-        "lora": [{"name": a.name, "source": a.source} for a in features.lora_adapters],
-        "image": image_for(engine, gpu),
+        "args": engine.args(launch),
+        "image": image_for(engine.name, gpu),
         "resources": resources,
         "env": sorted(env, key=lambda e: str(e["name"])),
         "shm_size": _gib(max(1, 2 * plan.tensor_parallel) if not cpu else 1),
-        "cache_size": _gib(weights_per_pod * 1.25 + 5),
-        "startup_failure_threshold": startup_failure_threshold(weights_per_pod),
+        "cache_size": _gib(cache_gib),
+        "startup_failure_threshold": startup_failure_threshold(download_gib),
         "node_selector": node_selector,
         "tolerations": tolerations,
-        "non_root_uid": NON_ROOT_UID,
-        "run_as_non_root": engine == "llamacpp",
+        "run_as_user": engine.run_as_user,
     }
     return ctx
 
 
 def _containers(ctx: Mapping[str, Any], role: str) -> list[dict[str, Any]]:
-    engine = ctx["engine"]
-    args = _pairs(_render(f"{engine}/args.yaml.j2", **ctx) or [])
-    container = _render(f"{engine}/container.yaml.j2", **ctx, role=role, args=args)
+    container = _render(f"{ctx['engine']}/container.yaml.j2", **ctx, role=role)
     return [container]
 
 
@@ -493,6 +469,7 @@ def render_objects(
     model: ModelEntry | None = None,
     *,
     monitoring: bool = False,
+    allow_privileged_overrides: bool = False,
 ) -> list[dict[str, Any]]:
     """The child objects that serve an LLMDeployment under a plan.
 
@@ -504,6 +481,8 @@ def render_objects(
         model: the catalog entry of the model (GGUF repository, canonical HF id); None
             for a model described by spec.model.architecture.
         monitoring: also render a PodMonitor (prometheus-operator).
+        allow_privileged_overrides: the operator-level opt-in that lets
+            `overrides.podTemplatePatch` reach the host or raise privileges.
 
     Returns:
         Objects in apply order: the workload (Deployment, or LeaderWorkerSet when a
@@ -511,8 +490,13 @@ def render_objects(
         PodMonitor when asked. No ownerReferences: the reconciler adds them.
 
     Raises:
-        RenderError: the spec cannot be served as written by the planned engine.
+        RenderError: the spec cannot be served as written by the planned engine, or
+            its pod template patch is refused.
     """
+    if not allow_privileged_overrides:
+        refused = security.violations(llmd.spec.overrides.pod_template_patch)
+        if refused:
+            raise RenderError(f"spec.overrides.podTemplatePatch: {'; '.join(refused)}")
     ctx = _context(llmd, plan, gpu, replicas, model, monitoring)
     objects: list[dict[str, Any]] = []
     if ctx["multinode"]:
@@ -545,7 +529,11 @@ def to_yaml(objects: Sequence[Mapping[str, Any]]) -> str:
 
 
 def render_for(
-    llmd: LLMDeployment, catalog: Catalog, *, monitoring: bool = False
+    llmd: LLMDeployment,
+    catalog: Catalog,
+    *,
+    monitoring: bool = False,
+    allow_privileged_overrides: bool = False,
 ) -> list[dict[str, Any]]:
     """Plan an LLMDeployment and render its objects in one call (`llmctl render`).
 
@@ -556,12 +544,14 @@ def render_for(
         llmd: the LLMDeployment.
         catalog: models and GPU types.
         monitoring: also render a PodMonitor.
+        allow_privileged_overrides: see `render_objects`.
 
     Raises:
         RenderError: no feasible plan, or the plan cannot be rendered.
         PlanInputError: the spec names an unknown model or GPU type.
     """
     # NOTE: imported here so that importing the renderer does not pull in the planner.
+    from llm_operator.planner.search import model_entry
     from llm_operator.planner.search import plan as make_plan
 
     result = make_plan(llmd.spec, catalog)
@@ -569,15 +559,16 @@ def render_for(
         closest = "; ".join(f"{r.label}: {r.reason}" for r in result.rejected[:3])
         raise RenderError(f"spec: no feasible plan ({closest or 'no GPU type available'})")
     chosen = result.chosen.to_status()
-    entry: ModelEntry | None = None
-    try:
-        entry = catalog.model(llmd.spec.model.name)
-    except UnknownNameError:
-        if llmd.spec.model.architecture is None:
-            raise
+    entry = model_entry(llmd.spec, catalog)
     replicas = result.replicas
     if llmd.spec.scaling.mode == "external" and llmd.spec.replicas is not None:
         replicas = llmd.spec.replicas
     return render_objects(
-        llmd, chosen, catalog.gpu(chosen.gpu), replicas, entry, monitoring=monitoring
+        llmd,
+        chosen,
+        catalog.gpu(chosen.gpu),
+        replicas,
+        entry,
+        monitoring=monitoring,
+        allow_privileged_overrides=allow_privileged_overrides,
     )
