@@ -27,6 +27,15 @@ def planned(catalog: Catalog, running: int = 2, **spec: Any) -> LLMDeployment:
             "spec": s.model_dump(by_alias=True, exclude_none=True),
             "status": {
                 "observedGeneration": 1,
+                "conditions": [
+                    {
+                        "type": "Planned",
+                        "status": "True",
+                        "reason": "Planned",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z",
+                        "observedGeneration": 1,
+                    }
+                ],
                 "plan": result.chosen.to_status().model_dump(by_alias=True),
                 "replicas": running,
                 "readyReplicas": running,
@@ -54,6 +63,21 @@ def test_active_only_for_a_current_plan_with_the_builtin_scaler(catalog: Catalog
     assert not loop.active(external)
     stale = llmd.model_copy(update={"metadata": {**llmd.metadata, "generation": 2}})
     assert not loop.active(stale)  # the spec changed: the reconcile re-plans first
+    # The current generation has no feasible plan (e.g. a budget below one replica): the
+    # previous plan stays in status, but the autoscaler leaves the object alone.
+    assert llmd.status is not None
+    refused = llmd.model_copy(
+        update={
+            "status": llmd.status.model_copy(
+                update={
+                    "conditions": cond.set_condition(
+                        llmd.status.conditions, cond.PLANNED, "False", "NoFeasiblePlan", "x", 1
+                    )
+                }
+            )
+        }
+    )
+    assert not loop.active(refused)
 
 
 def test_missing_metrics_hold_replicas_and_flip_metrics_available(catalog: Catalog) -> None:
@@ -125,3 +149,17 @@ def test_state_is_persisted_on_change_of_replicas_else_at_most_once_a_window(
     assert not soon.scaled and soon.persist_state is None
     later = loop.tick(steady, annotated, now=NOW + 121, timeout_s=1, last_persisted=NOW)
     assert later.persist_state is not None
+
+
+def test_an_outage_clears_the_observed_rate_and_flips_once(catalog: Catalog) -> None:
+    llmd = planned(catalog, running=2)
+    fake = FakePrometheus({"generation_tokens": vector(300)}, default=vector(0))
+    seen = loop.tick(fake, llmd, now=NOW, timeout_s=1, last_persisted=None)
+    assert seen.status.observed_tokens_per_second == 300 and not seen.metrics_flipped
+    llmd = llmd.model_copy(update={"status": seen.status})
+    down = loop.tick(FakePrometheus({}), llmd, now=NOW + 15, timeout_s=1, last_persisted=None)
+    assert down.status.observed_tokens_per_second is None  # no stale figure in TOK/S
+    assert down.metrics_flipped  # one log line and one event at the transition
+    llmd = llmd.model_copy(update={"status": down.status})
+    still = loop.tick(FakePrometheus({}), llmd, now=NOW + 30, timeout_s=1, last_persisted=None)
+    assert not still.metrics_flipped and still.decision.replicas == 2

@@ -71,6 +71,7 @@ NAMESPACED_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("serving.llm-operator.io", "llmdeployments/finalizers"): frozenset({"update"}),
     ("", "events"): frozenset({"create"}),
     ("", "pods"): frozenset({"list", "watch"}),
+    ("", "secrets"): frozenset({"get"}),
     ("", "services"): WATCHED_CHILD_VERBS,
     ("apps", "deployments"): WATCHED_CHILD_VERBS,
     ("leaderworkerset.x-k8s.io", "leaderworkersets"): WATCHED_CHILD_VERBS,
@@ -128,6 +129,7 @@ CASES: dict[str, dict[str, Any]] = {
         "watchNamespace": "llm-serving",
     },
     "gpu-catalog": {"gpuCatalog": {"content": _custom_catalog()}},
+    "privileged-overrides": {"security": {"allowPrivilegedOverrides": True}},
     "existing-gpu-catalog": {"gpuCatalog": {"existingConfigMap": "my-gpu-prices"}},
     "everything": {
         "image": {"digest": "sha256:" + "0" * 64, "pullPolicy": "Always"},
@@ -501,6 +503,26 @@ def test_everything_reaches_the_pod(helm: str, values_dir: Path) -> None:
     dashboard = next(c for c in of_kind(objects, "ConfigMap") if "llm-operator.json" in c["data"])
     assert dashboard["metadata"]["namespace"] == "grafana"
     assert all(o["metadata"]["labels"]["team"] == "ml-platform" for o in objects)
+
+
+def _override_rules(objects: tuple[dict[str, Any], ...]) -> list[str]:
+    (crd,) = of_kind(objects, "CustomResourceDefinition")[-1:]
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    overrides = schema["properties"]["spec"]["properties"]["overrides"]
+    return [r["message"] for r in overrides.get("x-kubernetes-validations", [])]
+
+
+def test_privileged_overrides_are_refused_unless_the_install_opts_in(
+    helm: str, values_dir: Path
+) -> None:
+    default = render(helm, values_dir, "defaults")
+    guarded = _override_rules(default)
+    assert any("may not set hostNetwork" in m for m in guarded)
+    assert any("may not add hostPath" in m for m in guarded)
+    assert env_of(default)["LLM_OPERATOR_ALLOW_PRIVILEGED_OVERRIDES"] == "false"
+    opted_in = render(helm, values_dir, "privileged-overrides")
+    assert not any("podTemplatePatch may not" in m for m in _override_rules(opted_in))
+    assert env_of(opted_in)["LLM_OPERATOR_ALLOW_PRIVILEGED_OVERRIDES"] == "true"
 
 
 # --------------------------------------------------------------------------- values schema

@@ -201,3 +201,50 @@ def test_near_equal_cost_goes_to_fewer_gpus(catalog: Catalog) -> None:
     assert result.chosen is not None and result.chosen.gpus == 1
     cheapest = min(c.cost_per_million for c in [result.chosen, *result.alternatives])
     assert result.chosen.cost_per_million <= cheapest * (1 + search.COST_TIE)
+
+
+def test_concurrency_beyond_one_replica_plans_replicas_or_says_what_forbids_it(
+    catalog: Catalog,
+) -> None:
+    a10g = {"gpuTypes": ["A10G"]}
+    small = plan(make_spec(workload={"concurrency": 8}, hardware=a10g), catalog)
+    assert small.chosen is not None and small.replicas == 1 and small.replicas_limited is None
+    batch = small.chosen.max_sequences
+    two = plan(make_spec(workload={"concurrency": batch + 1}, hardware=a10g), catalog)
+    assert two.chosen is not None and two.chosen.batch == batch
+    assert two.replicas == 2 and two.replicas_limited is None
+    huge = plan(
+        make_spec(workload={"concurrency": 1_000_000}, scaling={"maxReplicas": 4}, hardware=a10g),
+        catalog,
+    )
+    assert huge.chosen is not None and huge.replicas == 4
+    assert huge.replicas_limited is not None
+    assert "1000000 concurrent requests" in huge.replicas_limited
+    assert "maxReplicas 4" in huge.replicas_limited
+
+
+def test_engine_refusals_are_field_named_plan_input_errors(catalog: Catalog) -> None:
+    # vLLM does not quantize to int4 while loading: a 16-bit checkpoint cannot be served so.
+    with pytest.raises(PlanInputError, match=r"spec\.model\.name: vllm serves int4 only from"):
+        plan(make_spec(engine="vllm", quantization="int4"), catalog)
+    # Gemma 2 refuses float16 in vLLM.
+    with pytest.raises(PlanInputError, match=r"refuses float16 for gemma2"):
+        plan(make_spec(model={"name": "google/gemma-2-9b-it"}, quantization="fp16"), catalog)
+    # A pre-quantized checkpoint is served as stored; auto picks its format.
+    awq = plan(
+        make_spec(
+            model={"name": "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"},
+            quantization="auto",
+            hardware={"gpuTypes": ["H100"]},
+        ),
+        catalog,
+    )
+    assert awq.chosen is not None and awq.chosen.quantization == "awq"
+    with pytest.raises(PlanInputError, match=r"stored as awq: set quantization to awq"):
+        plan(
+            make_spec(
+                model={"name": "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"},
+                quantization="bf16",
+            ),
+            catalog,
+        )

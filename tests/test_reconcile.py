@@ -9,6 +9,7 @@ import yaml
 from llm_operator.api.v1alpha1 import LLMDeployment
 from llm_operator.catalog import Catalog
 from llm_operator.reconcile import diff
+from llm_operator.reconcile.apply import missing_secret
 from llm_operator.reconcile.desired import ChildState, desired_state
 from tests.conftest import EXAMPLES
 
@@ -95,7 +96,37 @@ def test_no_feasible_plan_creates_nothing_and_says_why(catalog: Catalog) -> None
 
 def test_cluster_without_the_gpu_type_is_infeasible(catalog: Catalog) -> None:
     d = desired_state(example("8b-a10g"), catalog, {"H100-SXM-80GB": 8}, ChildState())
-    assert cond(d, "Planned").reason == "NoFeasiblePlan"
+    planned = cond(d, "Planned")
+    assert planned.reason == "NoFeasiblePlan"
+    # Names what was asked, what the cluster has, and the fix.
+    assert "asks for A10G" in planned.message and "H100-SXM-80GB" in planned.message
+    assert "provisionableGpuTypes" in planned.message
+
+
+def test_infeasible_change_stays_unplanned_on_later_passes(catalog: Catalog) -> None:
+    first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
+    serving = ChildState(exists=True, replicas=2, ready_replicas=2, updated_replicas=2)
+    status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    ready = desired_state(example("8b-a10g", status=status), catalog, None, serving, now=NOW)
+    status = ready.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    changed = example("8b-a10g", generation=2, status=status)
+    huge = changed.spec.context.model_copy(update={"max_model_len": 10_000_000})
+    changed = changed.model_copy(update={"spec": changed.spec.model_copy(update={"context": huge})})
+    for _ in range(3):  # the first pass, then the passes after it (drift timer, child events)
+        d = desired_state(changed, catalog, None, serving, now=LATER)
+        assert (cond(d, "Planned").status, cond(d, "Planned").reason) == (
+            "False",
+            "NoFeasiblePlan",
+        )
+        ready_cond = cond(d, "Ready")
+        assert (ready_cond.status, ready_cond.reason) == ("False", "NoFeasiblePlan")
+        assert "previous plan keeps running (2/2" in ready_cond.message
+        assert d.objects == [] and not d.prune  # the old workload is left serving
+        assert d.status.observed_generation == 2
+        status = d.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+        changed = example("8b-a10g", generation=2, status=status).model_copy(
+            update={"spec": changed.spec}
+        )
 
 
 def test_diff_ignores_server_defaults_and_detects_edits() -> None:
@@ -185,3 +216,46 @@ def test_unschedulable_pods_degrade_with_one_warning(catalog: Catalog) -> None:
     again_status = d.status.model_dump(by_alias=True, exclude_none=True, mode="json")
     again = desired_state(example("8b-a10g", status=again_status), catalog, None, stuck, now=LATER)
     assert again.events == []  # once per episode, not every pass
+
+
+class _Secrets:
+    """Stands in for Kube.secret_keys: namespace/name -> key names."""
+
+    def __init__(self, secrets: dict[str, frozenset[str]]) -> None:
+        self.secrets = secrets
+
+    def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        return self.secrets.get(f"{namespace}/{name}")
+
+
+def _owner(**secret: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "m", "namespace": "team"},
+        "spec": {"model": {"name": "x", "hfTokenSecret": secret}},
+    }
+
+
+def test_missing_secret_or_key_is_named_with_the_fix() -> None:
+    absent = missing_secret(_Secrets({}), _owner(name="hf-token"))  # type: ignore[arg-type]
+    assert absent is not None and "Secret team/hf-token does not exist" in absent
+    assert "kubectl -n team create secret generic hf-token --from-literal=token=" in absent
+    wrong = missing_secret(
+        _Secrets({"team/hf-token": frozenset({"HF_TOKEN"})}),  # type: ignore[arg-type]
+        _owner(name="hf-token"),
+    )
+    assert wrong is not None and "has no key 'token' (it has HF_TOKEN)" in wrong
+    ok = _Secrets({"team/hf-token": frozenset({"token"})})
+    assert missing_secret(ok, _owner(name="hf-token")) is None  # type: ignore[arg-type]
+
+
+def test_missing_secret_is_not_ready_and_degraded_once(catalog: Catalog) -> None:
+    running = ChildState(
+        exists=True, replicas=2, ready_replicas=2, updated_replicas=2, missing_secret="no"
+    )
+    first = desired_state(example("8b-a10g"), catalog, None, running, now=NOW)
+    assert (cond(first, "Ready").status, cond(first, "Ready").reason) == ("False", "SecretMissing")
+    assert cond(first, "Degraded").reason == "SecretMissing"
+    assert "SecretMissing" in [e.reason for e in first.events]
+    status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    again = desired_state(example("8b-a10g", status=status), catalog, None, running, now=LATER)
+    assert "SecretMissing" not in [e.reason for e in again.events]  # reported once

@@ -29,9 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from llm_operator import handlers
 
+    # NOTE: every line about an object names it: a "[namespace/name]" prefix in plain text,
+    # an "object" field (kind, namespace, name, uid) in JSON.
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
+        log_prefix=args.log_format != "json",
+        log_refkey="object",
     )
     namespace = args.namespace or handlers.SETTINGS.namespace
     kopf.run(

@@ -33,3 +33,8 @@ class TransientError(LLMOperatorError):
     def __init__(self, message: str, delay: float = 10.0) -> None:
         self.delay = delay
         super().__init__(message)
+
+
+class GoneError(LLMOperatorError):
+    """The object, or its namespace, is going away (404 on it; 403 "being terminated" when
+    creating in a terminating namespace): nothing to do, and not an error to report."""

@@ -26,7 +26,7 @@ from llm_operator.api import conditions as cond
 from llm_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION, Condition
 from llm_operator.autoscaler import loop, metrics
 from llm_operator.catalog import load_catalog
-from llm_operator.errors import InvalidSpecError, TransientError
+from llm_operator.errors import GoneError, InvalidSpecError, TransientError
 from llm_operator.kube import Kube, load_config
 from llm_operator.metrics import (
     API_WRITES,
@@ -168,12 +168,27 @@ def _report(body: kopf.Body, outcome: Outcome) -> None:
 
 def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> None:
     """One reconcile pass under the object's lock, from a fresh read."""
+    try:
+        outcome, live = _reconcile_locked(body, memo)
+    except GoneError as err:
+        # Deleted (or its namespace is terminating) while the pass ran: expected, quiet.
+        RECONCILES.labels("gone").inc()
+        logger.debug("the object went away during the pass: %s", err)
+        return
+    if outcome is None or live is None:
+        return
+    _report(_body(live), outcome)
+    logger.debug("reconciled: applied=%s pruned=%s", outcome.report.applied, outcome.report.pruned)
+
+
+def _reconcile_locked(
+    body: Mapping[str, Any], memo: kopf.Memo
+) -> tuple[Outcome | None, dict[str, Any] | None]:
     started = time.monotonic()
-    live = None
     with _lock(body["metadata"]["uid"] or body["metadata"]["name"]):
         live = _read(memo.kube, body)
         if live is None:
-            return
+            return None, None
         try:
             outcome = reconcile_once(memo.kube, memo.catalog, live, OPTIONS)
         except InvalidSpecError as err:
@@ -188,8 +203,7 @@ def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> None:
             RECONCILE_SECONDS.observe(time.monotonic() - started)
         RECONCILES.labels("ok").inc()
         _write_status(memo.kube, live, outcome.status)
-    _report(_body(live), outcome)
-    logger.debug("reconciled: applied=%s pruned=%s", outcome.report.applied, outcome.report.pruned)
+    return outcome, live
 
 
 def controller_of(child: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -238,6 +252,14 @@ def _pod_refused(body: kopf.Body, **_: Any) -> bool:
 
 
 def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
+    """One autoscaler tick; an object that went away meanwhile ends it quietly."""
+    try:
+        _autoscale_locked(body, memo, logger)
+    except GoneError as err:
+        logger.debug("the object went away during the autoscaler tick: %s", err)
+
+
+def _autoscale_locked(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
     """One autoscaler tick under the object's lock; a new replica count is applied at once."""
     uid = body["metadata"]["uid"]
     outcome: Outcome | None = None
@@ -285,6 +307,13 @@ def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
         )
     if tick.budget_newly_limited:
         kopf.warn(body, reason="BudgetLimited", message=decision.message)
+    if tick.metrics_flipped:
+        if decision.metrics_available:
+            logger.info("engine metrics are back: %s", decision.message)
+            kopf.info(body, reason="MetricsAvailable", message=decision.message)
+        else:
+            logger.warning("engine metrics unavailable: %s", decision.message)
+            kopf.warn(body, reason="MetricsUnavailable", message=decision.message)
     if outcome is not None:
         _report(body, outcome)
     logger.debug("autoscaler: %s %s", decision.reason, decision.message)

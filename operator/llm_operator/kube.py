@@ -26,7 +26,7 @@ from kubernetes.dynamic.exceptions import (
     ResourceNotFoundError,
 )
 
-from llm_operator.errors import InvalidSpecError, TransientError
+from llm_operator.errors import GoneError, InvalidSpecError, TransientError
 from llm_operator.settings import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,10 @@ def _translate(err: Exception, what: str) -> Exception:
     if isinstance(err, ConflictError | ApiException) and getattr(err, "status", 0) == 409:
         return TransientError(f"{what}: conflict, retrying", delay=2)
     status = getattr(err, "status", 0) or 0
+    if status == 404:
+        return GoneError(f"{what}: gone")
+    if status == 403 and "being terminated" in str(err):
+        return GoneError(f"{what}: the namespace is being terminated")
     if status == 422:
         # The apiserver rejected what we rendered: only overrides can make it invalid.
         return InvalidSpecError("spec.overrides", f"{what} was rejected: {err}")
@@ -249,6 +253,16 @@ class Kube:
             )
         except (DynamicApiError, ApiException) as err:
             raise _translate(err, f"annotating {obj['kind']} {meta['name']}") from err
+
+    def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        """The key names of a Secret (never its values); None when it does not exist."""
+        try:
+            secret = client.CoreV1Api(self.api).read_namespaced_secret(name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise _translate(err, f"reading Secret {namespace}/{name}") from err
+        return frozenset((secret.data or {}).keys()) | frozenset((secret.string_data or {}).keys())
 
     def pod_unschedulable(self, namespace: str, selector: str) -> str | None:
         """The scheduler's message for one pending, unschedulable pod of the selector."""

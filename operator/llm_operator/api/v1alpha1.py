@@ -387,8 +387,9 @@ class WorkloadSpec(ApiModel):
     concurrency: int | None = Field(
         None,
         ge=1,
-        description="concurrency is the number of requests in flight per replica to plan for; "
-        "defaults to as many as fit in the KV cache.",
+        description="concurrency is the number of requests the deployment holds in flight at "
+        "once (all replicas together). A replica runs at most what fits its KV cache and "
+        "meets the SLOs, so more load plans more replicas; unset: one replica's worth.",
     )
     target_output_tokens_per_second: float | None = Field(
         None,

@@ -21,6 +21,7 @@ from llm_operator.autoscaler.decide import (
     decide,
 )
 from llm_operator.planner.cost import cost_per_million_tokens
+from llm_operator.reconcile.desired import planned_for
 from llm_operator.settings import ANNOTATION_PREFIX
 
 STATE_ANNOTATION = f"{ANNOTATION_PREFIX}/autoscaler-state"
@@ -41,6 +42,8 @@ class Tick:
             observed tokens/s, capacity, $/1M tokens, conditions, lastScalingReason).
         scaled: whether the replica count changes.
         budget_newly_limited: BudgetLimited flipped to True on this tick (worth an event).
+        metrics_flipped: MetricsAvailable changed status on this tick (worth one log line
+            and one event, not one per tick).
         persist_state: the state annotation to write, or None to leave it.
     """
 
@@ -48,17 +51,20 @@ class Tick:
     status: LLMDeploymentStatus
     scaled: bool
     budget_newly_limited: bool
+    metrics_flipped: bool
     persist_state: str | None
 
 
 def active(llmd: LLMDeployment) -> bool:
-    """Whether the built-in autoscaler drives this object (planned, not external)."""
+    """Whether the built-in autoscaler drives this object: scaling is builtin and the
+    current spec generation is planned (Planned=True for it). A spec without a feasible
+    plan (e.g. a budget below one replica) is left alone: the status already says why."""
     status = llmd.status
     return (
         llmd.spec.scaling.mode == "builtin"
         and status is not None
         and status.plan is not None
-        and status.observed_generation == llmd.metadata.get("generation")
+        and planned_for(status, llmd.metadata.get("generation"))
     )
 
 
@@ -112,8 +118,16 @@ def tick(
         budget_newly_limited=(
             decision.budget_limited and not cond.is_true(status.conditions, cond.BUDGET_LIMITED)
         ),
+        metrics_flipped=_metrics_flipped(status, decision.metrics_available),
         persist_state=_persist(decision, current, now, last_persisted, llmd),
     )
+
+
+def _metrics_flipped(status: LLMDeploymentStatus, available: bool) -> bool:
+    before = cond.get_condition(status.conditions, cond.METRICS_AVAILABLE)
+    if before is None:
+        return not available  # the first tick only reports trouble
+    return (before.status == "True") != available
 
 
 def _status(
@@ -143,8 +157,9 @@ def _status(
         conditions = cond.set_condition(
             conditions, cond.BUDGET_LIMITED, "False", "WithinBudget", "", generation
         )
-    # Without data the last observation stays (and says so through MetricsAvailable).
-    observed = round(served, 1) if served is not None else status.observed_tokens_per_second
+    # NOTE: without data the observed rate is cleared, not kept: a stale figure in the
+    # TOK/S column would look current (MetricsAvailable says why it is empty).
+    observed = round(served, 1) if served is not None else None
     served_cost = status.plan.cost_per_hour * (status.replicas or 0)
     per_million = (
         round(cost_per_million_tokens(served_cost, observed), 4)

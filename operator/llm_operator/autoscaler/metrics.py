@@ -121,7 +121,7 @@ def query_scalar(client: QueryClient, query: str, timeout_s: float) -> float | N
     try:
         result = client.custom_query(query, params={"timeout": f"{seconds}s"}, timeout=seconds)
     except (requests.RequestException, PrometheusApiClientException) as exc:
-        raise MetricsError(f"query failed: {type(exc).__name__}: {exc}") from exc
+        raise MetricsError(describe_failure(exc, getattr(client, "url", None), seconds)) from exc
     try:
         values = [float(sample["value"][1]) for sample in _samples(result)]
     except (KeyError, IndexError, TypeError, ValueError) as exc:
@@ -170,6 +170,22 @@ def observe(
             else _optional(client, queries.kv_cache_usage, timeout_s)
         ),
     )
+
+
+def describe_failure(exc: Exception, url: str | None, timeout_s: int) -> str:
+    """A person's sentence for a failed query (not the client's URL-encoded traceback)."""
+    where = f"Prometheus at {url}" if url else "Prometheus"
+    if isinstance(exc, requests.Timeout):
+        return f"{where} did not answer within {timeout_s} s"
+    if isinstance(exc, requests.ConnectionError):
+        return f"cannot connect to {where} (connection refused or reset)"
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return f"{where} answered HTTP {exc.response.status_code}"
+    if isinstance(exc, PrometheusApiClientException):
+        text = str(exc)
+        code = text.split("HTTP Status Code", 1)[1].split()[0] if "HTTP Status Code" in text else ""
+        return f"{where} answered HTTP {code}" if code else f"{where} refused the query"
+    return f"querying {where} failed ({type(exc).__name__})"
 
 
 def _optional(client: QueryClient, query: str, timeout_s: float) -> float | None:

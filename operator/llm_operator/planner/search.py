@@ -167,13 +167,17 @@ class PlanResult:
         chosen: the best candidate, or None when nothing is feasible.
         alternatives: the next best feasible candidates (best first).
         rejected: the closest infeasible candidates (closest first).
-        replicas: replicas needed for the workload's target tokens/s (at least minReplicas).
+        replicas: replicas the workload needs (target tokens/s, concurrency), within
+            min/max replicas and the budget.
+        replicas_limited: when the load needs more replicas than maxReplicas or the budget
+            allow, a sentence saying so (the plan still serves what it can).
     """
 
     chosen: Candidate | None
     alternatives: list[Candidate] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     replicas: int = 1
+    replicas_limited: str | None = None
 
 
 def _gib(n: float) -> str:
@@ -436,6 +440,26 @@ def _gpu_types(
     return [g for g in allowed if g.name in available or g.name in provisionable or g.provisionable]
 
 
+def _absent_types(
+    spec: LLMDeploymentSpec, catalog: Catalog, available: Mapping[str, int] | None
+) -> Rejection:
+    """Why no GPU type can be planned: what was asked, what the cluster has, the fix."""
+    asked = ", ".join(spec.hardware.gpu_types) or "any catalog GPU type"
+    have = sorted(available or {})
+    cpu = [g.name for g in catalog.gpus if g.is_cpu]
+    has_cpu = any(name in cpu for name in have)
+    gpus_here = [n for n in have if n not in cpu]
+    present = ", ".join(gpus_here) or "no GPU nodes the catalog knows"
+    if has_cpu and not spec.hardware.allow_cpu:
+        present += " (and CPU nodes: set spec.hardware.allowCpu to use them)"
+    return Rejection(
+        "spec.hardware.gpuTypes",
+        f"asks for {asked}, but the cluster has {present}: add the type to "
+        "spec.hardware.provisionableGpuTypes if a node autoscaler can create such nodes, "
+        "or choose a type the cluster has",
+    )
+
+
 COST_TIE = 0.02  # relative $/1M-token difference the planner treats as equal
 
 
@@ -497,6 +521,8 @@ def plan(
     req = Request.from_spec(spec, arch, gguf_repo=entry is not None and entry.gguf is not None)
     gpus = _gpu_types(spec, catalog, available_gpus)
     combos = _engine_quantizations(spec, arch, req.ask)
+    if not gpus:
+        return PlanResult(chosen=None, rejected=[_absent_types(spec, catalog, available_gpus)])
 
     feasible: list[Candidate] = []
     rejected: list[Rejection] = []
@@ -505,8 +531,8 @@ def plan(
         for engine, quant in combos:
             if spec.quantization == "auto" and quant == "fp8" and not gpu.supports_fp8:
                 continue
-            if spec.engine == "auto" and gpu.accelerator not in engine.images:
-                continue
+            if gpu.accelerator not in engine.images and not spec.hardware.gpu_types:
+                continue  # only a GPU type the spec names is worth a rejection line
             best_reject: Rejection | None = None
             for tp, pp in _layouts(arch, per_node if not gpu.is_cpu else 1, engine):
                 out = evaluate(arch, gpu, engine, quant, tp, pp, req, per_node)
@@ -546,11 +572,13 @@ def plan(
         and c.cost_per_million <= best.cost_per_million * (1 + COST_TIE)
     ]
     chosen = min(ties, key=lambda c: (c.gpus, c.cost_per_million, order[c.engine.name]))
+    replicas, limited = replicas_for(spec, chosen)
     return PlanResult(
         chosen=chosen,
         alternatives=_distinct([c for c in feasible if c is not chosen], keep),
         rejected=rejected[:keep],
-        replicas=initial_replicas(spec, chosen),
+        replicas=replicas,
+        replicas_limited=limited,
     )
 
 
@@ -623,15 +651,50 @@ def _distinct(candidates: list[Candidate], keep: int) -> list[Candidate]:
 
 
 def initial_replicas(spec: LLMDeploymentSpec, chosen: Candidate) -> int:
-    """Replicas for the target tokens/s at the target utilisation, within min/max and budget."""
+    """Replicas for the workload, within min/max and the budget (see `replicas_for`)."""
+    return replicas_for(spec, chosen)[0]
+
+
+def replicas_for(spec: LLMDeploymentSpec, chosen: Candidate) -> tuple[int, str | None]:
+    """Replicas the workload needs, within min/max and the budget, and what limits them.
+
+    The workload needs enough replicas for its target output tokens/s (at the target
+    utilisation) and for its concurrent requests (each replica runs at most `batch`
+    sequences: what fits its KV cache and meets the SLOs).
+
+    Returns:
+        (replicas to run, None) or (replicas to run, a sentence saying what the load needs
+        and what forbids it: maxReplicas or the budget).
+    """
     scaling = spec.scaling
+    workload = spec.workload
     wanted = scaling.min_replicas
-    target = spec.workload.target_output_tokens_per_second
-    if target is not None:
+    needs: list[str] = []
+    if workload.target_output_tokens_per_second is not None:
         per_replica = chosen.timing.output_tokens_per_second * scaling.target_utilization
-        wanted = max(wanted, math.ceil(target / per_replica))
-    wanted = min(max(wanted, scaling.min_replicas), scaling.max_replicas)
+        n = math.ceil(workload.target_output_tokens_per_second / per_replica)
+        needs.append(f"{workload.target_output_tokens_per_second:g} output tokens/s needs {n}")
+        wanted = max(wanted, n)
+    if workload.concurrency is not None:
+        n = math.ceil(workload.concurrency / max(1, chosen.batch))
+        needs.append(
+            f"{workload.concurrency} concurrent requests at {chosen.batch} per replica need {n}"
+        )
+        wanted = max(wanted, n)
+    allowed = scaling.max_replicas
+    limits = [f"maxReplicas {scaling.max_replicas}"]
     if spec.budget.max_cost_per_hour is not None:
-        wanted = min(wanted, int(spec.budget.max_cost_per_hour // chosen.cost_per_hour))
+        affordable = int(spec.budget.max_cost_per_hour // chosen.cost_per_hour)
+        limits.append(
+            f"budget ${spec.budget.max_cost_per_hour:.2f}/h buys {affordable} at "
+            f"${chosen.cost_per_hour:.2f}/h"
+        )
+        allowed = min(allowed, affordable)
     # NOTE: minReplicas 0 still starts one replica; scale to zero happens after idling.
-    return max(wanted, 1)
+    replicas = max(min(wanted, allowed), 1)
+    if wanted > allowed:
+        return replicas, (
+            f"the load needs {wanted} replicas ({'; '.join(needs)}), but "
+            f"{' and '.join(limits)} allow {allowed}: raise them or plan for less load"
+        )
+    return replicas, None

@@ -33,16 +33,40 @@ def live_children(kube: Kube, owner: dict[str, Any]) -> dict[diff.Key, dict[str,
     return {diff.key(obj): obj for obj in found}
 
 
+def missing_secret(kube: Kube, owner: dict[str, Any]) -> str | None:
+    """What is wrong with spec.model.hfTokenSecret, if anything (its value is never read)."""
+    ref = ((owner.get("spec") or {}).get("model") or {}).get("hfTokenSecret")
+    if not ref:
+        return None
+    namespace = owner["metadata"]["namespace"]
+    name, key = ref["name"], ref.get("key") or "token"
+    keys = kube.secret_keys(namespace, name)
+    fix = (
+        f"create it: kubectl -n {namespace} create secret generic {name} "
+        f"--from-literal={key}=<your Hugging Face token>"
+    )
+    if keys is None:
+        return f"spec.model.hfTokenSecret: Secret {namespace}/{name} does not exist; {fix}"
+    if key not in keys:
+        have = ", ".join(sorted(keys)) or "no keys"
+        return (
+            f"spec.model.hfTokenSecret: Secret {namespace}/{name} has no key {key!r} "
+            f"(it has {have}); set spec.model.hfTokenSecret.key or add the key"
+        )
+    return None
+
+
 def child_state(
     kube: Kube, live: dict[diff.Key, dict[str, Any]], owner: dict[str, Any]
 ) -> ChildState:
-    """Replica counts of the workload child and any scheduling problem."""
+    """Replica counts of the workload child, any scheduling problem and a missing Secret."""
     meta = owner["metadata"]
+    secret = missing_secret(kube, owner)
     workload = next(
         (o for o in live.values() if o["kind"] in ("Deployment", "LeaderWorkerSet")), None
     )
     if workload is None:
-        return ChildState()
+        return ChildState(missing_secret=secret)
     status = workload.get("status") or {}
     ready = int(status.get("readyReplicas") or 0)
     wanted = int((workload.get("spec") or {}).get("replicas") or 0)
@@ -59,6 +83,7 @@ def child_state(
         ready_replicas=ready,
         updated_replicas=int(status.get("updatedReplicas") or 0),
         unschedulable=unschedulable,
+        missing_secret=secret,
     )
 
 

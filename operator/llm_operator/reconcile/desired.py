@@ -53,6 +53,8 @@ class ChildState:
         ready_replicas: ready ones.
         updated_replicas: ones running the current template.
         unschedulable: the scheduler's message for a pending pod, if any.
+        missing_secret: what is wrong with a Secret the pods need (absent, or without
+            the key), if anything.
     """
 
     exists: bool = False
@@ -60,6 +62,7 @@ class ChildState:
     ready_replicas: int = 0
     updated_replicas: int = 0
     unschedulable: str | None = None
+    missing_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,13 +97,29 @@ def _rejections(result: PlanResult) -> str:
     return "no layout fits; closest: " + "; ".join(parts) if parts else "no GPU type available"
 
 
+def planned_for(status: LLMDeploymentStatus, generation: Any) -> bool:
+    """Whether `status.plan` is the plan of this spec generation (Planned=True for it).
+
+    NOTE: after an infeasible change the status keeps the previous plan (its workload
+    keeps serving) with Planned=False for the new generation; that plan is not this
+    generation's, so the next pass must plan again rather than take it as current.
+    """
+    planned = cond.get_condition(status.conditions, cond.PLANNED)
+    return (
+        status.observed_generation == generation
+        and planned is not None
+        and planned.status == "True"
+        and planned.observed_generation == generation
+    )
+
+
 def _choose_plan(
     llmd: LLMDeployment, catalog: Catalog, available_gpus: Mapping[str, int] | None
 ) -> tuple[PlanStatus | None, PlanResult | None, str]:
     """Keep the current plan while the spec is unchanged; re-plan when it changed."""
     status = llmd.status
     generation = llmd.metadata.get("generation")
-    if status is not None and status.plan is not None and status.observed_generation == generation:
+    if status is not None and status.plan is not None and planned_for(status, generation):
         return status.plan, None, "unchanged"
     try:
         result = plan(llmd.spec, catalog, available_gpus)
@@ -114,6 +133,19 @@ def _choose_plan(
         return status.plan, None, "unchanged"
     reason = "spec changed" if status is not None and status.plan is not None else "new"
     return chosen, result, reason
+
+
+def _replicas_limited(
+    llmd: LLMDeployment, result: PlanResult | None, old: LLMDeploymentStatus
+) -> str | None:
+    """What keeps the plan from running the replicas its load needs: the new plan's
+    sentence, or the one the current Planned message already carries."""
+    if result is not None:
+        return result.replicas_limited
+    planned = cond.get_condition(old.conditions, cond.PLANNED)
+    if planned is not None and "; the load needs " in planned.message:
+        return planned.message.split("; ", 1)[1]
+    return None
 
 
 def _replicas(llmd: LLMDeployment, result: PlanResult | None) -> int:
@@ -167,7 +199,14 @@ def desired_state(
         assert result is not None
         message = _rejections(result)
         put(cond.PLANNED, "False", "NoFeasiblePlan", message)
-        put(cond.READY, "False", "NoFeasiblePlan", message)
+        ready = message
+        if old.plan is not None:
+            ready = (
+                f"generation {generation} has no feasible plan ({message}); the workload of "
+                f"the previous plan keeps running ({old.ready_replicas or 0}/"
+                f"{old.desired_replicas or 0} replicas ready) until the spec changes"
+            )
+        put(cond.READY, "False", "NoFeasiblePlan", ready)
         if old.plan is None:
             put(cond.PROGRESSING, "False", "NoFeasiblePlan", message)
         before = cond.get_condition(old.conditions, cond.PLANNED)
@@ -209,6 +248,11 @@ def desired_state(
             events.append(Event("Normal", "Planned", summary))
         else:
             events.append(Event("Normal", "Replanned", f"spec changed: {summary}"))
+    limited = _replicas_limited(llmd, result, old)
+    if limited is not None:
+        summary = f"{summary}; {limited}"
+        if result is not None:
+            events.append(Event("Warning", "CapacityLimited", limited))
     put(cond.PLANNED, "True", "Planned", summary)
 
     ready, updated = children.ready_replicas, children.updated_replicas
@@ -218,13 +262,22 @@ def desired_state(
         put(cond.PROGRESSING, "True", "RollingOut", f"{ready}/{replicas} replicas ready")
     else:
         put(cond.PROGRESSING, "False", "Complete", f"{ready}/{replicas} replicas ready")
-    if children.unschedulable:
+    if children.missing_secret:
+        degraded = cond.get_condition(old.conditions, cond.DEGRADED)
+        if degraded is None or degraded.reason != "SecretMissing":
+            events.append(Event("Warning", "SecretMissing", children.missing_secret))
+        put(cond.DEGRADED, "True", "SecretMissing", children.missing_secret)
+    elif children.unschedulable:
         if not cond.is_true(old.conditions, cond.DEGRADED):
             events.append(Event("Warning", "Unschedulable", children.unschedulable))
         put(cond.DEGRADED, "True", "Unschedulable", children.unschedulable)
     else:
         put(cond.DEGRADED, "False", "AsExpected", "")
-    if replicas == 0:
+    if children.missing_secret:
+        # NOTE: the kubelet cannot start a container whose Secret is missing
+        # (CreateContainerConfigError), whatever a pod's status says elsewhere.
+        put(cond.READY, "False", "SecretMissing", children.missing_secret)
+    elif replicas == 0:
         put(cond.READY, "True", "ScaledToZero", "no replicas wanted")
     elif ready >= 1:
         put(cond.READY, "True", "Serving", f"{ready}/{replicas} replicas ready")
