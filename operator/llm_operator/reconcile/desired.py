@@ -199,14 +199,14 @@ def desired_state(
         assert result is not None
         message = _rejections(result)
         put(cond.PLANNED, "False", "NoFeasiblePlan", message)
-        ready = message
+        ready_message = message
         if old.plan is not None:
-            ready = (
+            ready_message = (
                 f"generation {generation} has no feasible plan ({message}); the workload of "
                 f"the previous plan keeps running ({old.ready_replicas or 0}/"
                 f"{old.desired_replicas or 0} replicas ready) until the spec changes"
             )
-        put(cond.READY, "False", "NoFeasiblePlan", ready)
+        put(cond.READY, "False", "NoFeasiblePlan", ready_message)
         if old.plan is None:
             put(cond.PROGRESSING, "False", "NoFeasiblePlan", message)
         before = cond.get_condition(old.conditions, cond.PLANNED)
