@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import yaml
 
 from llm_operator.api.v1alpha1 import LLMDeployment
 from llm_operator.catalog import Catalog
+from llm_operator.planner.search import plan
 from llm_operator.reconcile import diff
 from llm_operator.reconcile.apply import missing_secret
-from llm_operator.reconcile.desired import ChildState, desired_state
+from llm_operator.reconcile.desired import ChildState, WorkloadState, desired_state
 from tests.conftest import EXAMPLES
 
 NOW = "2026-11-25T00:00:00Z"
@@ -28,6 +30,21 @@ def example(stem: str, generation: int = 1, status: dict[str, Any] | None = None
 
 def cond(d: Any, type_: str) -> Any:
     return next(c for c in d.status.conditions if c.type == type_)
+
+
+def deployed(replicas: int, ready: int, name: str = "llama-3-1-8b") -> ChildState:
+    """The example's Deployment, with `replicas` pods of which `ready` are ready."""
+    return ChildState(
+        workloads=(
+            WorkloadState(
+                "Deployment",
+                name,
+                replicas=replicas,
+                ready_replicas=ready,
+                updated_replicas=replicas,
+            ),
+        )
+    )
 
 
 def test_new_object_is_planned_and_rendered(catalog: Catalog) -> None:
@@ -55,7 +72,7 @@ def test_unchanged_spec_keeps_plan_and_conditions(catalog: Catalog) -> None:
 def test_ready_flips_transition_time_only_on_change(catalog: Catalog) -> None:
     first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
     status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
-    running = ChildState(exists=True, replicas=1, ready_replicas=1, updated_replicas=1)
+    running = deployed(replicas=1, ready=1)
     ready = desired_state(example("8b-a10g", status=status), catalog, None, running, now=LATER)
     assert cond(ready, "Ready").status == "True"
     assert cond(ready, "Ready").last_transition_time == LATER
@@ -69,7 +86,7 @@ def test_spec_change_replans_with_an_event(catalog: Catalog) -> None:
     changed = changed.model_copy(
         update={"spec": changed.spec.model_copy(update={"quantization": "fp8"})}
     )
-    d = desired_state(changed, catalog, None, ChildState(exists=True), now=LATER)
+    d = desired_state(changed, catalog, None, deployed(replicas=0, ready=0), now=LATER)
     assert d.status.plan is not None and d.status.plan.quantization == "fp8"
     assert [e.reason for e in d.events] == ["Replanned"]
 
@@ -105,7 +122,7 @@ def test_cluster_without_the_gpu_type_is_infeasible(catalog: Catalog) -> None:
 
 def test_infeasible_change_stays_unplanned_on_later_passes(catalog: Catalog) -> None:
     first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
-    serving = ChildState(exists=True, replicas=2, ready_replicas=2, updated_replicas=2)
+    serving = deployed(replicas=2, ready=2)
     status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
     ready = desired_state(example("8b-a10g", status=status), catalog, None, serving, now=NOW)
     status = ready.status.model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -203,11 +220,8 @@ def test_external_scaling_takes_spec_replicas(catalog: Catalog) -> None:
 def test_unschedulable_pods_degrade_with_one_warning(catalog: Catalog) -> None:
     first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
     status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
-    stuck = ChildState(
-        exists=True,
-        replicas=3,
-        ready_replicas=2,
-        updated_replicas=3,
+    stuck = replace(
+        deployed(replicas=3, ready=2),
         unschedulable="pod x: 0/14 nodes are available: 4 Insufficient nvidia.com/gpu.",
     )
     d = desired_state(example("8b-a10g", status=status), catalog, None, stuck, now=LATER)
@@ -249,9 +263,7 @@ def test_missing_secret_or_key_is_named_with_the_fix() -> None:
 
 
 def test_missing_secret_is_not_ready_and_degraded_once(catalog: Catalog) -> None:
-    running = ChildState(
-        exists=True, replicas=2, ready_replicas=2, updated_replicas=2, missing_secret="no"
-    )
+    running = replace(deployed(replicas=2, ready=2), missing_secret="no")
     first = desired_state(example("8b-a10g"), catalog, None, running, now=NOW)
     assert (cond(first, "Ready").status, cond(first, "Ready").reason) == ("False", "SecretMissing")
     assert cond(first, "Degraded").reason == "SecretMissing"
@@ -259,3 +271,64 @@ def test_missing_secret_is_not_ready_and_degraded_once(catalog: Catalog) -> None
     status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
     again = desired_state(example("8b-a10g", status=status), catalog, None, running, now=LATER)
     assert "SecretMissing" not in [e.reason for e in again.events]  # reported once
+
+
+def _to_fp32(llmd: LLMDeployment, **budget: float) -> LLMDeployment:
+    """The example at generation 2 in fp32: too big for one A10G, so a LeaderWorkerSet."""
+    spec = llmd.spec.model_copy(
+        update={
+            "quantization": "fp32",
+            "budget": llmd.spec.budget.model_copy(update={"max_cost_per_hour": None, **budget}),
+        }
+    )
+    return llmd.model_copy(update={"spec": spec, "metadata": {**llmd.metadata, "generation": 2}})
+
+
+def test_a_workload_of_another_kind_replaces_the_old_one_make_before_break(
+    catalog: Catalog,
+) -> None:
+    first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
+    old = deployed(replicas=2, ready=2)
+    status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    serving = desired_state(example("8b-a10g", status=status), catalog, None, old, now=NOW)
+    status = serving.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    change = _to_fp32(example("8b-a10g", status=status))
+    d = desired_state(change, catalog, None, old, now=LATER)
+    assert d.objects[0]["kind"] == "LeaderWorkerSet"
+    assert d.keep == {("Deployment", "llama-3-1-8b")}  # the old one keeps serving
+    assert cond(d, "Progressing").reason == "HandingOver"
+    assert (cond(d, "Ready").status, cond(d, "Ready").reason) == ("True", "ServingPrevious")
+    assert [e.reason for e in d.events].count("HandingOver") == 1
+
+    # The LeaderWorkerSet comes up: the Deployment may go.
+    status = d.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    lws = WorkloadState("LeaderWorkerSet", "llama-3-1-8b-lws", 2, 2, 2)
+    both = ChildState(workloads=(*old.workloads, lws))
+    done = desired_state(
+        _to_fp32(example("8b-a10g", generation=2, status=status)), catalog, None, both, now=LATER
+    )
+    assert done.keep == frozenset() and done.status.handover is None
+    assert cond(done, "Ready").reason == "Serving"
+
+
+def test_handover_that_the_budget_cannot_pay_for_prunes_at_once(catalog: Catalog) -> None:
+    first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
+    status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert first.status.plan is not None
+    old_cost = first.status.plan.cost_per_hour * 2  # the two serving replicas
+    new = plan(_to_fp32(example("8b-a10g")).spec, catalog)
+    assert new.chosen is not None
+    new_cost = new.chosen.cost_per_hour * new.replicas
+    # Enough for the new workload, not for both at once.
+    budget = new_cost + old_cost / 2
+    d = desired_state(
+        _to_fp32(example("8b-a10g", status=status), max_cost_per_hour=budget),
+        catalog,
+        None,
+        deployed(replicas=2, ready=2),
+        now=LATER,
+    )
+    assert d.objects[0]["kind"] == "LeaderWorkerSet"
+    assert d.keep == frozenset()
+    assert "HandoverSkipped" in [e.reason for e in d.events]

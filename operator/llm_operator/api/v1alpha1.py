@@ -867,6 +867,20 @@ class PlanStatus(ApiModel):
     )
 
 
+class Handover(ApiModel):
+    """A previous workload kept serving while its replacement starts (make before break)."""
+
+    previous: str = Field(..., description="previous is the kept workload, Kind/name.")
+    since: str = Field(
+        ...,
+        description="since is when the handover began (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    previous_cost_per_hour: float = Field(
+        0.0, description="previousCostPerHour is what the kept workload costs, USD per hour."
+    )
+
+
 class LLMDeploymentStatus(ApiModel):
     """What the operator observed and decided."""
 
@@ -903,6 +917,11 @@ class LLMDeploymentStatus(ApiModel):
     )
     last_scaling_reason: str | None = Field(
         None, description="lastScalingReason explains the last replica decision."
+    )
+    handover: Handover | None = Field(
+        None,
+        description="handover is set while a previous workload keeps serving until its "
+        "replacement is ready (e.g. a Deployment replaced by a LeaderWorkerSet).",
     )
 
 

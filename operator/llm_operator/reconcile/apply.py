@@ -11,7 +11,7 @@ from typing import Any
 
 from llm_operator.kube import CHILD_KINDS, Kube
 from llm_operator.reconcile import diff
-from llm_operator.reconcile.desired import LABEL_LLMD, ChildState
+from llm_operator.reconcile.desired import LABEL_LLMD, ChildState, WorkloadState
 
 
 @dataclass(frozen=True)
@@ -59,31 +59,48 @@ def missing_secret(kube: Kube, owner: dict[str, Any]) -> str | None:
 def child_state(
     kube: Kube, live: dict[diff.Key, dict[str, Any]], owner: dict[str, Any]
 ) -> ChildState:
-    """Replica counts of the workload child, any scheduling problem and a missing Secret."""
+    """The workload children, any scheduling problem and a missing Secret."""
     meta = owner["metadata"]
     secret = missing_secret(kube, owner)
-    workload = next(
-        (o for o in live.values() if o["kind"] in ("Deployment", "LeaderWorkerSet")), None
+    workloads = tuple(
+        _workload_state(o) for o in live.values() if o["kind"] in ("Deployment", "LeaderWorkerSet")
     )
-    if workload is None:
-        return ChildState(missing_secret=secret)
-    status = workload.get("status") or {}
-    ready = int(status.get("readyReplicas") or 0)
-    wanted = int((workload.get("spec") or {}).get("replicas") or 0)
     # NOTE: only a workload short of ready replicas can have pods the scheduler refused;
     # a healthy one costs no pod listing (the pass runs for every object every interval).
+    short = any(w.ready_replicas < w.wanted for w in workloads)
     unschedulable = (
-        kube.pod_unschedulable(meta["namespace"], f"{LABEL_LLMD}={meta['name']}")
-        if ready < wanted
-        else None
+        kube.pod_unschedulable(meta["namespace"], f"{LABEL_LLMD}={meta['name']}") if short else None
     )
     return ChildState(
-        exists=True,
-        replicas=int(status.get("replicas") or 0),
-        ready_replicas=ready,
-        updated_replicas=int(status.get("updatedReplicas") or 0),
+        workloads=tuple(w.state for w in workloads),
         unschedulable=unschedulable,
         missing_secret=secret,
+    )
+
+
+@dataclass(frozen=True)
+class _Workload:
+    state: WorkloadState
+    wanted: int
+
+    @property
+    def ready_replicas(self) -> int:
+        return self.state.ready_replicas
+
+
+def _workload_state(obj: dict[str, Any]) -> _Workload:
+    status = obj.get("status") or {}
+    meta = obj["metadata"]
+    return _Workload(
+        state=WorkloadState(
+            kind=obj["kind"],
+            name=meta["name"],
+            replicas=int(status.get("replicas") or 0),
+            ready_replicas=int(status.get("readyReplicas") or 0),
+            updated_replicas=int(status.get("updatedReplicas") or 0),
+            deleting=bool(meta.get("deletionTimestamp") or meta.get("deletion_timestamp")),
+        ),
+        wanted=int((obj.get("spec") or {}).get("replicas") or 0),
     )
 
 
@@ -93,13 +110,20 @@ def execute(
     objects: list[dict[str, Any]],
     prune: bool,
     live: dict[diff.Key, dict[str, Any]],
+    keep: frozenset[tuple[str, str]] = frozenset(),
 ) -> ApplyReport:
-    """Apply what differs (in the renderer's order), then prune what is no longer rendered."""
+    """Apply what differs (in the renderer's order), then prune what is no longer rendered,
+    except the children in `keep` (kind, name) and those already being deleted."""
     owned = [diff.with_owner(obj, owner) for obj in objects]
     applied = [_name(kube.apply(obj) | obj) for obj in diff.to_apply(owned, live)]
     pruned: list[str] = []
     if prune:
         for obj in diff.to_prune(owned, live, owner["metadata"]["uid"]):
+            meta = obj["metadata"]
+            if (obj["kind"], meta["name"]) in keep:
+                continue
+            if meta.get("deletionTimestamp") or meta.get("deletion_timestamp"):
+                continue  # pruned on an earlier pass; foreground deletion is under way
             kube.delete(obj)
             pruned.append(_name(obj))
     return ApplyReport(applied=applied, pruned=pruned)

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from llm_operator.api import conditions as cond
-from llm_operator.api.v1alpha1 import Condition, LLMDeployment, LLMDeploymentStatus, PlanStatus
+from llm_operator.api.v1alpha1 import (
+    Condition,
+    Handover,
+    LLMDeployment,
+    LLMDeploymentStatus,
+    PlanStatus,
+)
 from llm_operator.catalog import Catalog, UnknownNameError
 from llm_operator.errors import InvalidSpecError
 from llm_operator.planner.search import PlanInputError, PlanResult, plan
 from llm_operator.render import RenderError, render_objects
+from llm_operator.render.render import startup_failure_threshold
 
 LABEL_LLMD = "serving.llm-operator.io/llmdeployment"
 LABEL_ENGINE = "serving.llm-operator.io/engine"
@@ -44,25 +52,44 @@ def _split_field(message: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class WorkloadState:
+    """What one live workload child (Deployment or LeaderWorkerSet) reports.
+
+    Attributes:
+        kind: Deployment or LeaderWorkerSet.
+        name: its name.
+        replicas: pods (groups) that exist.
+        ready_replicas: ready ones.
+        updated_replicas: ones running the current template.
+        deleting: it has a deletionTimestamp (being pruned).
+    """
+
+    kind: str
+    name: str
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    deleting: bool = False
+
+
+@dataclass(frozen=True)
 class ChildState:
     """What the workload children report.
 
     Attributes:
-        exists: whether the workload object (Deployment/LeaderWorkerSet) exists.
-        replicas: pods (groups) that exist.
-        ready_replicas: ready ones.
-        updated_replicas: ones running the current template.
+        workloads: every live workload child (two while one replaces the other).
         unschedulable: the scheduler's message for a pending pod, if any.
         missing_secret: what is wrong with a Secret the pods need (absent, or without
             the key), if anything.
     """
 
-    exists: bool = False
-    replicas: int = 0
-    ready_replicas: int = 0
-    updated_replicas: int = 0
+    workloads: tuple[WorkloadState, ...] = ()
     unschedulable: str | None = None
     missing_secret: str | None = None
+
+    def workload(self, kind: str, name: str) -> WorkloadState | None:
+        """The live workload of that kind and name, if any."""
+        return next((w for w in self.workloads if (w.kind, w.name) == (kind, name)), None)
 
 
 @dataclass(frozen=True)
@@ -84,12 +111,15 @@ class Desired:
             running workload when a new spec cannot be planned).
         status: the status to write.
         events: events worth posting.
+        keep: (kind, name) of live children not to prune although no longer rendered: the
+            previous workload while its replacement is not ready yet (make before break).
     """
 
     objects: list[dict[str, Any]]
     prune: bool
     status: LLMDeploymentStatus
     events: list[Event] = field(default_factory=list)
+    keep: frozenset[tuple[str, str]] = frozenset()
 
 
 def _rejections(result: PlanResult) -> str:
@@ -255,8 +285,16 @@ def desired_state(
             events.append(Event("Warning", "CapacityLimited", limited))
     put(cond.PLANNED, "True", "Planned", summary)
 
-    ready, updated = children.ready_replicas, children.updated_replicas
-    if not children.exists:
+    workload = objects[0]
+    current = children.workload(workload["kind"], workload["metadata"]["name"])
+    ready = current.ready_replicas if current is not None else 0
+    updated = current.updated_replicas if current is not None else 0
+    handover = _handover(llmd, old, chosen, children, current, replicas, now)
+    if handover.event is not None:
+        events.append(handover.event)
+    if handover.keep:
+        put(cond.PROGRESSING, "True", "HandingOver", handover.message)
+    elif current is None:
         put(cond.PROGRESSING, "True", "Creating", "creating the workload")
     elif updated < replicas or ready < replicas:
         put(cond.PROGRESSING, "True", "RollingOut", f"{ready}/{replicas} replicas ready")
@@ -281,19 +319,121 @@ def desired_state(
         put(cond.READY, "True", "ScaledToZero", "no replicas wanted")
     elif ready >= 1:
         put(cond.READY, "True", "Serving", f"{ready}/{replicas} replicas ready")
+    elif handover.keep:
+        put(cond.READY, "True", "ServingPrevious", handover.message)
     else:
         put(cond.READY, "False", "Pending", f"{ready}/{replicas} replicas ready")
 
+    existing = current.replicas if current is not None else 0
     status = old.model_copy(
         update={
             "observed_generation": generation,
             "conditions": list(conditions),
             "plan": chosen,
-            "replicas": children.replicas,
+            "replicas": existing,
             "ready_replicas": ready,
             "desired_replicas": replicas,
             "selector": f"{LABEL_LLMD}={llmd.metadata.get('name', '')}",
-            "cost_per_hour": round(chosen.cost_per_hour * max(children.replicas, 0), 4),
+            "cost_per_hour": round(
+                chosen.cost_per_hour * max(existing, 0) + handover.previous_cost_per_hour, 4
+            ),
+            "handover": handover.record,
         }
     )
-    return Desired(objects=objects, prune=True, status=status, events=events)
+    return Desired(objects=objects, prune=True, status=status, events=events, keep=handover.keep)
+
+
+@dataclass(frozen=True)
+class _Handover:
+    """The make-before-break decision for a workload being replaced by another kind."""
+
+    keep: frozenset[tuple[str, str]] = frozenset()
+    message: str = ""
+    record: Handover | None = None
+    previous_cost_per_hour: float = 0.0
+    event: Event | None = None
+
+
+# How long past the new workload's own start-up budget the old one may keep serving.
+HANDOVER_GRACE_S = 600
+
+
+def _handover(
+    llmd: LLMDeployment,
+    old: LLMDeploymentStatus,
+    chosen: PlanStatus,
+    children: ChildState,
+    current: WorkloadState | None,
+    replicas: int,
+    now: str | None,
+) -> _Handover:
+    """Keep the previous workload (a Deployment replaced by a LeaderWorkerSet, or the
+    reverse) until the new one is ready, within a timeout and the budget.
+
+    The new workload is ready when it has as many ready replicas as the old one served
+    (at most the replicas wanted). Both run meanwhile, so the overlap must fit
+    budget.maxCostPerHour; when it does not, or the new workload is not ready within its
+    start-up budget plus HANDOVER_GRACE_S, the old one is pruned at once and an event says
+    why.
+    """
+    previous = [
+        w
+        for w in children.workloads
+        if not w.deleting and (current is None or (w.kind, w.name) != (current.kind, current.name))
+    ]
+    if not previous:
+        return _Handover()
+    serving = max(w.ready_replicas for w in previous)
+    label = ", ".join(f"{w.kind}/{w.name}" for w in previous)
+    new_ready = current.ready_replicas if current is not None else 0
+    if serving == 0 or new_ready >= min(max(1, replicas), serving):
+        return _Handover()  # nothing to protect, or the new workload took over
+    record = old.handover
+    started = record.since if record is not None else (now or cond.now_rfc3339())
+    previous_cost = (
+        record.previous_cost_per_hour
+        if record is not None
+        else (old.plan.cost_per_hour * serving if old.plan is not None else 0.0)
+    )
+    budget = llmd.spec.budget.max_cost_per_hour
+    overlap = previous_cost + chosen.cost_per_hour * replicas
+    if budget is not None and overlap > budget:
+        return _Handover(
+            event=Event(
+                "Warning",
+                "HandoverSkipped",
+                f"running {label} next to its replacement would cost ${overlap:.2f}/h > "
+                f"budget ${budget:.2f}/h: pruning it before the new workload is ready",
+            )
+        )
+    limit_s = HANDOVER_GRACE_S + 10 * startup_failure_threshold(
+        chosen.download_gib or chosen.weights_gib_per_gpu * chosen.gpus_per_replica
+    )
+    waited = _seconds_between(started, now or cond.now_rfc3339())
+    if waited > limit_s:
+        return _Handover(
+            event=Event(
+                "Warning",
+                "HandoverTimedOut",
+                f"the new workload is not ready after {waited:.0f} s (limit {limit_s} s): "
+                f"pruning {label}",
+            )
+        )
+    message = (
+        f"keeping {label} serving ({serving} ready) until the new workload is ready "
+        f"({new_ready}/{min(max(1, replicas), serving)}); pruned after {limit_s} s at most"
+    )
+    return _Handover(
+        keep=frozenset((w.kind, w.name) for w in previous),
+        message=message,
+        record=Handover(previous=label, since=started, previous_cost_per_hour=previous_cost),
+        previous_cost_per_hour=previous_cost,
+        event=None if record is not None else Event("Normal", "HandingOver", message),
+    )
+
+
+def _seconds_between(start: str, end: str) -> float:
+    def parse_time(text: str) -> datetime:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+    return (parse_time(end) - parse_time(start)).total_seconds()

@@ -82,5 +82,5 @@ def reconcile_once(
     desired = desired_state(
         llmd, catalog, available_gpus(inventory, catalog), children, options=options
     )
-    report = apply.execute(kube, body, desired.objects, desired.prune, live)
+    report = apply.execute(kube, body, desired.objects, desired.prune, live, desired.keep)
     return Outcome(desired=desired, report=report, status=status_dict(desired))

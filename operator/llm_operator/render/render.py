@@ -335,6 +335,7 @@ def _context(
         "engine": engine.name,
         "labels": labels_for(name, engine.name),
         "selector": selector_for(name, engine.name),
+        "service_selector": {LABEL_LLMD: name},
         "replicas": replicas,
         "nodes": nodes,
         "multinode": nodes > 1,
