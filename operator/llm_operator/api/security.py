@@ -128,6 +128,73 @@ GUARDS: tuple[Guard, ...] = (
 )
 
 
+def _object(properties: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An object that keeps unknown fields, with the properties the guards read typed."""
+    out: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    if properties:
+        out["properties"] = properties
+    return out
+
+
+def _list(item: dict[str, Any], most: int) -> dict[str, Any]:
+    # NOTE: maxItems bounds the CEL cost estimate the apiserver computes for `.all()`.
+    return {"type": "array", "maxItems": most, "items": item}
+
+
+_CONTAINER = _object(
+    {
+        "securityContext": _object(
+            {
+                "privileged": {"type": "boolean"},
+                "allowPrivilegeEscalation": {"type": "boolean"},
+                "capabilities": _object({"add": _list({"type": "string"}, 64)}),
+            }
+        ),
+        "ports": _list(_object({"hostPort": {"type": "integer"}}), 64),
+    }
+)
+
+# The schema of podTemplatePatch: any pod template fields are kept, and the ones the guards
+# read are typed so that the CRD's CEL rules can see them (CEL cannot look into an object
+# that only preserves unknown fields).
+PATCH_SCHEMA: dict[str, Any] = _object(
+    {
+        "metadata": _object(),
+        "spec": _object(
+            {
+                "hostNetwork": {"type": "boolean"},
+                "hostPID": {"type": "boolean"},
+                "hostIPC": {"type": "boolean"},
+                "serviceAccountName": {"type": "string"},
+                "serviceAccount": {"type": "string"},
+                "automountServiceAccountToken": {"type": "boolean"},
+                "volumes": _list(_object({"hostPath": _object()}), 64),
+                **{key: _list(_CONTAINER, 32) for key in CONTAINER_LISTS},
+            }
+        ),
+    }
+)
+
+
+def _describe(schema: dict[str, Any], name: str) -> None:
+    """Give every typed property a description (they reach `kubectl explain`)."""
+    schema["description"] = (
+        f"{name} as in the core/v1 pod template; typed here so the CRD's CEL guards can read "
+        "it (docs/security.md)."
+    )
+    for key, child in (schema.get("properties") or {}).items():
+        _describe(child, key)
+    if "items" in schema:
+        _describe(schema["items"], name)
+
+
+_describe(PATCH_SCHEMA, "podTemplatePatch")
+PATCH_SCHEMA["description"] = (
+    "podTemplatePatch is a strategic-merge patch applied to the pod template. It may not "
+    "reach the host, raise privileges or change the pod's identity (docs/security.md)."
+)
+
+
 def cel_rule(guard: Guard) -> str:
     """The guard as a CEL rule on OverridesSpec (`self` = spec.overrides)."""
     body = guard.cel.replace("P.", "self.podTemplatePatch.spec.").replace(

@@ -645,12 +645,8 @@ class OverridesSpec(ApiModel):
         description="resources replaces the engine container's requests/limits "
         "(core/v1 ResourceRequirements: {requests: {...}, limits: {...}}).",
     )
-    pod_template_patch: dict[str, Any] | None = Field(
-        None,
-        description="podTemplatePatch is a strategic-merge patch applied to the pod template. "
-        "It may not reach the host, raise privileges or change the pod's identity "
-        "(docs/security.md).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    pod_template_patch: Annotated[dict[str, Any] | None, WithJsonSchema(security.PATCH_SCHEMA)] = (
+        Field(None)
     )
 
     # NOTE: opt_out: pydantic leaves these to the renderer, which knows whether the
