@@ -76,6 +76,8 @@ NAMESPACED_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("apps", "deployments"): WATCHED_CHILD_VERBS,
     ("leaderworkerset.x-k8s.io", "leaderworkersets"): WATCHED_CHILD_VERBS,
     ("policy", "poddisruptionbudgets"): WATCHED_CHILD_VERBS,
+    ("", "persistentvolumeclaims"): CHILD_VERBS,
+    ("batch", "jobs"): WATCHED_CHILD_VERBS,
     ("monitoring.coreos.com", "podmonitors"): CHILD_VERBS,
 }
 PEERING_VERBS = frozenset({"list", "watch", "patch"})

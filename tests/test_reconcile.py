@@ -7,12 +7,17 @@ from typing import Any
 
 import yaml
 
-from llm_operator.api.v1alpha1 import LLMDeployment
+from llm_operator.api.v1alpha1 import LLMDeployment, ModelCacheSpec
 from llm_operator.catalog import Catalog
 from llm_operator.planner.search import plan
 from llm_operator.reconcile import diff
 from llm_operator.reconcile.apply import missing_secret
-from llm_operator.reconcile.desired import ChildState, WorkloadState, desired_state
+from llm_operator.reconcile.desired import (
+    ChildState,
+    DownloadState,
+    WorkloadState,
+    desired_state,
+)
 from tests.conftest import EXAMPLES
 
 NOW = "2026-11-25T00:00:00Z"
@@ -332,3 +337,33 @@ def test_handover_that_the_budget_cannot_pay_for_prunes_at_once(catalog: Catalog
     assert d.objects[0]["kind"] == "LeaderWorkerSet"
     assert d.keep == frozenset()
     assert "HandoverSkipped" in [e.reason for e in d.events]
+
+
+def _shared(llmd: LLMDeployment) -> LLMDeployment:
+    model = llmd.spec.model.model_copy(
+        update={"cache": ModelCacheSpec(shared=True, storage_class_name="efs")}
+    )
+    return llmd.model_copy(update={"spec": llmd.spec.model_copy(update={"model": model})})
+
+
+def test_shared_cache_starts_the_workload_only_after_the_download(catalog: Catalog) -> None:
+    first = desired_state(_shared(example("8b-a10g")), catalog, None, ChildState(), now=NOW)
+    kinds = [o["kind"] for o in first.objects]
+    assert "Deployment" not in kinds and {"PersistentVolumeClaim", "Job"} <= set(kinds)
+    assert cond(first, "Progressing").reason == "Downloading"
+    assert (cond(first, "Ready").status, cond(first, "Ready").reason) == ("False", "Downloading")
+    job = next(o for o in first.objects if o["kind"] == "Job")["metadata"]["name"]
+
+    status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    failed = ChildState(downloads=(DownloadState(job, failed=True, message="403 gated"),))
+    d = desired_state(_shared(example("8b-a10g", status=status)), catalog, None, failed, now=LATER)
+    assert (cond(d, "Degraded").reason, cond(d, "Degraded").message) == (
+        "DownloadFailed",
+        "403 gated",
+    )
+    assert "DownloadFailed" in [e.reason for e in d.events]
+
+    done = ChildState(downloads=(DownloadState(job, complete=True),))
+    d = desired_state(_shared(example("8b-a10g", status=status)), catalog, None, done, now=LATER)
+    assert "Deployment" in [o["kind"] for o in d.objects]
+    assert cond(d, "Progressing").reason == "Creating"

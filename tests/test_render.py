@@ -586,3 +586,75 @@ def test_render_is_pure(catalog: Catalog) -> None:
     before = copy.deepcopy(llmd.model_dump())
     render_for(llmd, catalog)
     assert llmd.model_dump() == before
+
+
+# ---------------------------------------------------------------- model cache
+
+
+def test_cache_is_sized_from_what_is_downloaded(catalog: Catalog) -> None:
+    # FP8 from a 16-bit checkpoint: the whole 16-bit checkpoint is downloaded (~15 GiB for
+    # the 8B), not the ~8 GiB of FP8 weights the GPU holds.
+    deployment = _single(catalog, quantization="fp8", hardware={"gpuTypes": ["H100"]})[0]
+    pod = deployment["spec"]["template"]["spec"]
+    cache = next(v for v in pod["volumes"] if v["name"] == "model-cache")
+    size = int(cache["emptyDir"]["sizeLimit"].removesuffix("Gi"))
+    assert 15 <= size <= 20, size
+    requests = pod["containers"][0]["resources"]["requests"]
+    assert int(requests["ephemeral-storage"].removesuffix("Gi")) >= size
+
+
+def test_shared_cache_is_one_claim_filled_by_a_job_and_mounted_read_only(
+    catalog: Catalog,
+) -> None:
+    objects = _single(
+        catalog,
+        model={
+            "name": "meta-llama/Llama-3.1-8B-Instruct",
+            "hfTokenSecret": {"name": "hf"},
+            "cache": {"shared": True, "storageClassName": "efs"},
+        },
+        scaling={"minReplicas": 2},
+    )
+    kinds = [o["kind"] for o in objects]
+    assert kinds[:4] == ["Deployment", "Service", "PersistentVolumeClaim", "Job"], kinds
+    deployment, _, claim, job = objects[:4]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == "efs"
+    pod = deployment["spec"]["template"]["spec"]
+    cache = next(v for v in pod["volumes"] if v["name"] == "model-cache")
+    assert cache["persistentVolumeClaim"] == {
+        "claimName": claim["metadata"]["name"],
+        "readOnly": True,
+    }
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1"
+    runner = job["spec"]["template"]["spec"]
+    download = runner["containers"][0]
+    assert download["image"] == pod["containers"][0]["image"]  # the engine's own image
+    assert download["command"][:2] == ["python3", "-c"]
+    assert "snapshot_download(repo_id='meta-llama/Llama-3.1-8B-Instruct'" in download["command"][2]
+    assert runner["volumes"][0]["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"]}
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}} in (
+        download["env"]
+    )
+    assert runner["securityContext"]["runAsNonRoot"] is True
+    for obj in objects:
+        validate(obj)
+    # Another model is another claim and Job (a Job's template cannot change).
+    other = _single(
+        catalog,
+        model={"name": "meta-llama/Llama-3.1-8B", "cache": {"shared": True}},
+    )
+    assert other[2]["metadata"]["name"] != claim["metadata"]["name"]
+    assert other[3]["metadata"]["name"] != job["metadata"]["name"]
+
+
+def test_shared_cache_refused_where_the_engine_cannot_fill_one(catalog: Catalog) -> None:
+    with pytest.raises(RenderError, match=r"spec\.model\.cache\.shared: llamacpp cannot fill"):
+        _single(
+            catalog,
+            model={"name": "meta-llama/Llama-2-7b-chat-hf", "cache": {"shared": True}},
+            engine="llamacpp",
+            quantization="q4_k_m",
+            hardware={"gpuTypes": ["CPU"], "allowCpu": True},
+        )

@@ -326,6 +326,7 @@ def _autoscale_locked(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
     "apps", "v1", "deployments", id="child-deployments", labels={LABEL_LLMD: kopf.PRESENT}
 )
 @kopf.on.event("", "v1", "services", id="child-services", labels={LABEL_LLMD: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", id="child-jobs", labels={LABEL_LLMD: kopf.PRESENT})
 @kopf.on.event(
     "policy", "v1", "poddisruptionbudgets", id="child-pdbs", labels={LABEL_LLMD: kopf.PRESENT}
 )

@@ -35,9 +35,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 # Kinds the renderer may produce, in apply order (a Service before its pods is harmless,
+# the shared model cache's claim and download Job before the workload that mounts it,
 # PDBs and monitors after the workload).
 CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "Service"),
+    ("v1", "PersistentVolumeClaim"),
+    ("batch/v1", "Job"),
     ("apps/v1", "Deployment"),
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
     ("policy/v1", "PodDisruptionBudget"),

@@ -299,6 +299,44 @@ class SecretKeyRef(ApiModel):
     key: str = Field("token", min_length=1, description="key in the Secret's data.")
 
 
+class ModelCacheSpec(ApiModel):
+    """Where the weights downloaded from the Hub are kept."""
+
+    shared: bool = Field(
+        False,
+        description="shared keeps one copy for every replica: a download Job fills a "
+        "PersistentVolumeClaim once and every pod mounts it read-only, so scaling up does not "
+        "download again. false: each pod downloads into its own emptyDir.",
+    )
+    claim_name: str | None = Field(
+        None,
+        min_length=1,
+        description="claimName is an existing ReadWriteMany PersistentVolumeClaim to use as the "
+        "shared cache; unset, the operator creates one.",
+    )
+    storage_class_name: str | None = Field(
+        None,
+        min_length=1,
+        description="storageClassName of the ReadWriteMany claim the operator creates "
+        "(unset: the cluster's default class).",
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.shared || (!has(self.claimName) && !has(self.storageClassName))",
+            message="model.cache.claimName and storageClassName need model.cache.shared: true",
+            check=lambda c: c.shared or (c.claim_name is None and c.storage_class_name is None),
+        ),
+        Rule(
+            cel="!has(self.claimName) || !has(self.storageClassName)",
+            message="model.cache: set claimName (an existing claim) or storageClassName (for the "
+            "claim the operator creates), not both",
+            check=lambda c: c.claim_name is None or c.storage_class_name is None,
+            field_path=".storageClassName",
+        ),
+    )
+
+
 class ModelSpec(ApiModel):
     """Which model to serve and where its weights come from."""
 
@@ -331,6 +369,10 @@ class ModelSpec(ApiModel):
         description="hfTokenSecret references a Secret holding the Hugging Face token "
         "(gated models). Tokens are never written inline.",
     )
+    cache: ModelCacheSpec = Field(
+        default_factory=ModelCacheSpec,
+        description="cache says where weights downloaded from the Hub are kept (source hf).",
+    )
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -338,6 +380,14 @@ class ModelSpec(ApiModel):
             message="model.uri is required when model.source is pvc, s3 or url",
             check=lambda m: m.source == "hf" or m.uri is not None,
             field_path=".uri",
+        ),
+        Rule(
+            cel="!has(self.cache) || !has(self.cache.shared) || !self.cache.shared || "
+            "self.source == 'hf'",
+            message="model.cache.shared applies to model.source hf (a pvc source is already "
+            "shared)",
+            check=lambda m: not m.cache.shared or m.source == "hf",
+            field_path=".cache",
         ),
     )
 

@@ -92,6 +92,10 @@ def support_matrix() -> str:
     )
     row("model sources", lambda e: ", ".join(sorted(e.capabilities.model_sources)))
     row(
+        "shared model cache (download Job)",
+        lambda e: _yes(e.download_command("org/model", None) is not None),
+    )
+    row(
         "float16 refused for",
         lambda e: ", ".join(sorted(e.capabilities.float16_refused)) or "-",
     )

@@ -463,6 +463,12 @@ class Engine(ABC):
         fp8 = self.capabilities.quantizations.get("fp8")
         return fp8 is not None and fp8.on_the_fly
 
+    def download_command(self, model: str, revision: str | None) -> list[str] | None:
+        """The command, in the engine's own image, that downloads `model` into HF_HOME for a
+        shared cache; None when the engine cannot fill one (the capability matrix row)."""
+        del model, revision
+        return None
+
     @abstractmethod
     def args(self, launch: Launch) -> list[str]:
         """The engine's arguments (the container's args; vLLM: after `vllm serve`)."""

@@ -136,6 +136,13 @@ class Tgi(Engine):
             pairs.append(("--revision", launch.revision))
         return flatten(pairs)
 
+    def download_command(self, model: str, revision: str | None) -> list[str] | None:
+        """TGI's own `text-generation-server download-weights` (the step the launcher runs
+        before the shards start: it also converts .bin weights to safetensors), from the
+        image's virtualenv (server/text_generation_server/cli.py at v3.3.6)."""
+        command = ["text-generation-server", "download-weights", model]
+        return [*command, "--revision", revision] if revision else command
+
     def env(self, launch: Launch) -> list[dict[str, Any]]:
         """The Hugging Face cache on the model volume, prefix caching as asked, and no
         usage-stats upload (`--usage-stats`, env USAGE_STATS)."""

@@ -177,6 +177,12 @@ class Vllm(Engine):
             pairs.append(("--distributed-executor-backend", "ray"))
         return [launch.model, *flatten(pairs)]
 
+    def download_command(self, model: str, revision: str | None) -> list[str] | None:
+        """huggingface_hub's snapshot_download, which the image carries (a vLLM
+        dependency), into HF_HOME: the same cache layout `vllm serve` reads offline."""
+        call = f"snapshot_download(repo_id={model!r}, revision={revision!r})"
+        return ["python3", "-c", f"from huggingface_hub import snapshot_download; {call}"]
+
     def env(self, launch: Launch) -> list[dict[str, Any]]:
         """HOME and caches on a writable volume (the pod runs as a non-root UID with no
         passwd entry: USER keeps `getpass.getuser()` working, vllm/config/vllm.py), the

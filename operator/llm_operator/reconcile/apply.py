@@ -11,7 +11,7 @@ from typing import Any
 
 from llm_operator.kube import CHILD_KINDS, Kube
 from llm_operator.reconcile import diff
-from llm_operator.reconcile.desired import LABEL_LLMD, ChildState, WorkloadState
+from llm_operator.reconcile.desired import LABEL_LLMD, ChildState, DownloadState, WorkloadState
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,27 @@ def child_state(
         workloads=tuple(w.state for w in workloads),
         unschedulable=unschedulable,
         missing_secret=secret,
+        downloads=tuple(_download_state(o) for o in live.values() if o["kind"] == "Job"),
+    )
+
+
+def _download_state(job: dict[str, Any]) -> DownloadState:
+    """A download Job's progress from its conditions (Complete / Failed) and counters."""
+    name = job["metadata"]["name"]
+    status = job.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    if (conditions.get("Complete") or {}).get("status") == "True":
+        return DownloadState(name, complete=True, message=f"Job {name} completed")
+    failed = conditions.get("Failed") or {}
+    if failed.get("status") == "True":
+        why = failed.get("message") or failed.get("reason") or "failed"
+        return DownloadState(name, failed=True, message=f"download Job {name} failed: {why}")
+    active = int(status.get("active") or 0)
+    attempts = int(status.get("failed") or 0)
+    return DownloadState(
+        name,
+        message=f"downloading the model into the shared cache (Job {name}: {active} active, "
+        f"{attempts} failed attempts)",
     )
 
 

@@ -8,7 +8,7 @@ status to write and the events to post. `apply.py` executes it. Called by the ha
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,6 +73,23 @@ class WorkloadState:
 
 
 @dataclass(frozen=True)
+class DownloadState:
+    """What the shared model cache's download Job reports.
+
+    Attributes:
+        name: the Job's name.
+        complete: it finished (condition Complete).
+        failed: it gave up (condition Failed); `message` says why.
+        message: the Job's own words, or how far it is.
+    """
+
+    name: str
+    complete: bool = False
+    failed: bool = False
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class ChildState:
     """What the workload children report.
 
@@ -81,11 +98,13 @@ class ChildState:
         unschedulable: the scheduler's message for a pending pod, if any.
         missing_secret: what is wrong with a Secret the pods need (absent, or without
             the key), if anything.
+        downloads: the live download Jobs of the shared model cache.
     """
 
     workloads: tuple[WorkloadState, ...] = ()
     unschedulable: str | None = None
     missing_secret: str | None = None
+    downloads: tuple[DownloadState, ...] = ()
 
     def workload(self, kind: str, name: str) -> WorkloadState | None:
         """The live workload of that kind and name, if any."""
@@ -285,14 +304,28 @@ def desired_state(
             events.append(Event("Warning", "CapacityLimited", limited))
     put(cond.PLANNED, "True", "Planned", summary)
 
-    workload = objects[0]
+    workload = next(o for o in objects if o["kind"] in WORKLOAD_KINDS)
     current = children.workload(workload["kind"], workload["metadata"]["name"])
+    download = _download(objects, children)
+    if download is not None and not download.complete:
+        # NOTE: the pods read the shared cache offline, so the new workload waits for the
+        # download Job; whatever serves now keeps serving meanwhile.
+        objects = [o for o in objects if o is not workload]
     ready = current.ready_replicas if current is not None else 0
     updated = current.updated_replicas if current is not None else 0
     handover = _handover(llmd, old, chosen, children, current, replicas, now)
+    if download is not None and not download.complete:
+        live = frozenset((w.kind, w.name) for w in children.workloads if not w.deleting)
+        handover = replace(handover, keep=handover.keep | live)
     if handover.event is not None:
         events.append(handover.event)
-    if handover.keep:
+    if download is not None and download.failed:
+        degraded = cond.get_condition(old.conditions, cond.DEGRADED)
+        if degraded is None or degraded.reason != "DownloadFailed":
+            events.append(Event("Warning", "DownloadFailed", download.message))
+    if download is not None and not download.complete:
+        put(cond.PROGRESSING, "True", "Downloading", download.message)
+    elif handover.keep:
         put(cond.PROGRESSING, "True", "HandingOver", handover.message)
     elif current is None:
         put(cond.PROGRESSING, "True", "Creating", "creating the workload")
@@ -300,7 +333,9 @@ def desired_state(
         put(cond.PROGRESSING, "True", "RollingOut", f"{ready}/{replicas} replicas ready")
     else:
         put(cond.PROGRESSING, "False", "Complete", f"{ready}/{replicas} replicas ready")
-    if children.missing_secret:
+    if download is not None and download.failed:
+        put(cond.DEGRADED, "True", "DownloadFailed", download.message)
+    elif children.missing_secret:
         degraded = cond.get_condition(old.conditions, cond.DEGRADED)
         if degraded is None or degraded.reason != "SecretMissing":
             events.append(Event("Warning", "SecretMissing", children.missing_secret))
@@ -319,8 +354,11 @@ def desired_state(
         put(cond.READY, "True", "ScaledToZero", "no replicas wanted")
     elif ready >= 1:
         put(cond.READY, "True", "Serving", f"{ready}/{replicas} replicas ready")
-    elif handover.keep:
-        put(cond.READY, "True", "ServingPrevious", handover.message)
+    elif handover.keep and any(w.ready_replicas for w in children.workloads):
+        serving = handover.message or (download.message if download is not None else "")
+        put(cond.READY, "True", "ServingPrevious", serving)
+    elif download is not None and not download.complete:
+        put(cond.READY, "False", "Downloading", download.message)
     else:
         put(cond.READY, "False", "Pending", f"{ready}/{replicas} replicas ready")
 
@@ -341,6 +379,19 @@ def desired_state(
         }
     )
     return Desired(objects=objects, prune=True, status=status, events=events, keep=handover.keep)
+
+
+WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
+
+
+def _download(objects: list[dict[str, Any]], children: ChildState) -> DownloadState | None:
+    """The state of the rendered download Job (None: no shared cache)."""
+    job = next((o for o in objects if o["kind"] == "Job"), None)
+    if job is None:
+        return None
+    name = job["metadata"]["name"]
+    found = next((d for d in children.downloads if d.name == name), None)
+    return found or DownloadState(name=name, message=f"creating the download Job {name}")
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,48 @@ def _launch(
     )
 
 
+def _token_env(llmd: LLMDeployment) -> list[dict[str, Any]]:
+    """HF_TOKEN from spec.model.hfTokenSecret (a secretKeyRef; the value is never rendered)."""
+    secret = llmd.spec.model.hf_token_secret
+    if secret is None:
+        return []
+    ref = {"name": secret.name, "key": secret.key}
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}}]
+
+
+def _shared_cache(
+    llmd: LLMDeployment, engine: Engine, src: _Model, download_gib: float
+) -> dict[str, Any] | None:
+    """The shared model cache (spec.model.cache.shared): a ReadWriteMany claim that a
+    download Job fills once, mounted read-only by every pod. None: per-pod emptyDir.
+
+    Names carry a hash of what is downloaded, so a new model or revision gets a new claim
+    and Job (a Job's template is immutable) and the old ones are pruned.
+
+    Raises:
+        RenderError: the engine cannot fill a shared cache.
+    """
+    cache = llmd.spec.model.cache
+    if not cache.shared or src.source != "hf":
+        return None
+    command = engine.download_command(src.ref, llmd.spec.model.revision)
+    if command is None:
+        raise RenderError(
+            f"spec.model.cache.shared: {engine.name} cannot fill a shared cache from the Hub; "
+            "put the model file on a PVC (model.source: pvc) or set shared to false"
+        )
+    name = str(llmd.metadata.get("name") or "")
+    digest = spec_hash({"model": src.ref, "revision": llmd.spec.model.revision})[:8]
+    return {
+        "claim": cache.claim_name or f"{name}-model-cache-{digest}",
+        "create_claim": cache.claim_name is None,
+        "storage_class": cache.storage_class_name,
+        "size": _gib(download_gib * 1.1 + 5),
+        "job": f"{name}-download-{digest}",
+        "command": command,
+    }
+
+
 def _context(
     llmd: LLMDeployment,
     plan: PlanStatus,
@@ -277,6 +319,9 @@ def _context(
     # multi-node group too); the plan says how large it is as stored.
     download_gib = plan.download_gib if plan.download_gib is not None else weights_gib
     src = _model(llmd, model, engine)
+    shared = _shared_cache(llmd, engine, src, download_gib)
+    if shared is not None:
+        src = _Model(ref=src.ref, source=src.source, pvc=shared["claim"])
     cache_gib = 0.0 if src.pvc else download_gib * 1.05 + 2
     threads = _cpu_threads(gpu) if cpu else 0
 
@@ -308,15 +353,15 @@ def _context(
         }
 
     launch = _launch(llmd, plan, gpu, src, model, threads)
-    env = engine.env(launch)
-    secret = spec.model.hf_token_secret
-    if secret is not None:
-        env.append(
-            {
-                "name": "HF_TOKEN",
-                "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}},
-            }
-        )
+    env = engine.env(launch) + _token_env(llmd)
+    download_env = [
+        {"name": "HF_HOME", "value": f"{MODEL_DIR}/hf"},
+        {"name": "HOME", "value": HOME_DIR},
+        *_token_env(llmd),
+    ]
+    if shared is not None:
+        # The weights are in the shared cache (filled by the download Job): never download.
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
 
     tolerations = [
         t.model_dump(by_alias=True, exclude_none=True) for t in spec.hardware.tolerations
@@ -348,6 +393,8 @@ def _context(
         "home_dir": HOME_DIR,
         "home_size": _gib(HOME_SIZE_GIB),
         "pvc": src.pvc,
+        "shared_cache": shared,
+        "download_env": download_env,
         "args": engine.args(launch),
         "image": image_for(engine.name, gpu),
         "resources": resources,
@@ -487,8 +534,10 @@ def render_objects(
 
     Returns:
         Objects in apply order: the workload (Deployment, or LeaderWorkerSet when a
-        replica spans nodes), the Service, a PodDisruptionBudget when replicas > 1 and a
-        PodMonitor when asked. No ownerReferences: the reconciler adds them.
+        replica spans nodes), the Service, with a shared model cache its
+        PersistentVolumeClaim (unless the user named one) and download Job, a
+        PodDisruptionBudget when replicas > 1 and a PodMonitor when asked. No
+        ownerReferences: the reconciler adds them.
 
     Raises:
         RenderError: the spec cannot be served as written by the planned engine, or
@@ -515,6 +564,11 @@ def render_objects(
         _stamp([pod])
         objects.append(_render("common/deployment.yaml.j2", **ctx, pod=pod))
     objects.append(_render("common/service.yaml.j2", **ctx))
+    shared = ctx["shared_cache"]
+    if shared is not None:
+        if shared["create_claim"]:
+            objects.append(_render("common/cache-claim.yaml.j2", **ctx))
+        objects.append(_render("common/download-job.yaml.j2", **ctx))
     if replicas > 1:
         objects.append(_render("common/pdb.yaml.j2", **ctx))
     if monitoring:
