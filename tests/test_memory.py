@@ -80,3 +80,24 @@ def test_vllm_memory_split_matches_calibration(catalog: Catalog) -> None:
     )  # fmt: skip
     assert fit.weights_bytes / GIB == pytest.approx(14.99, rel=0.01)
     assert fit.kv_bytes / GIB == pytest.approx(51.38, rel=0.03)
+
+
+def test_a_speculative_draft_head_takes_memory_next_to_the_target(catalog: Catalog) -> None:
+    arch = catalog.model("llama-3.1-8b-instruct").architecture
+    gpu = catalog.gpu("L4")
+    plain = memory.memory_fit(arch, gpu, "bf16", 1, 1, VLLM.memory)
+    eagle = memory.memory_fit(
+        arch,
+        gpu,
+        "bf16",
+        1,
+        1,
+        VLLM.memory,
+        extra_weight_bytes=memory.draft_weight_bytes(arch, "eagle"),
+    )
+    eagle3 = memory.draft_weight_bytes(arch, "eagle3")
+    assert memory.draft_weight_bytes(arch, "ngram") == 0
+    # One Llama-3.1-8B decoder layer in 16 bits is ~0.44 GiB; EAGLE-3 adds its own head.
+    assert 0.4 * GIB < eagle.weights_bytes - plain.weights_bytes < 0.5 * GIB
+    assert eagle3 > memory.draft_weight_bytes(arch, "eagle") + 0.9 * GIB
+    assert eagle.max_kv_tokens < plain.max_kv_tokens

@@ -126,6 +126,24 @@ def _kv_width(arch: Architecture, kv_heads: int) -> int:
     return 2 * kv_heads * arch.head_dim_or_default
 
 
+def draft_weight_bytes(arch: Architecture, method: str | None) -> int:
+    """Weights a speculative decoding method adds next to the target model, whole replica.
+
+    - ngram: none (prompt lookup).
+    - eagle, mtp, mlp_speculator: about one decoder layer of the target in 16 bits (an EAGLE
+      head is one transformer layer over the target's hidden states, arXiv:2401.15077; an
+      MTP module is one more layer, DeepSeek-V3 num_nextn_predict_layers: 1; MLP
+      speculators are a few hidden x hidden projections).
+    - eagle3, medusa: the same plus an output head of vocab x hidden in 16 bits (EAGLE-3
+      and Medusa heads carry their own, arXiv:2503.01840, arXiv:2401.10774).
+    """
+    if method is None or method == "ngram":
+        return 0
+    layer = (total_params(arch) - embedding_params(arch)) // arch.layers * 2
+    head = arch.vocab_size * arch.hidden_size * 2 if method in ("eagle3", "medusa") else 0
+    return layer + head
+
+
 def kv_bytes_per_token(arch: Architecture, dtype_bytes: float) -> int:
     """KV cache bytes per token for the whole model, every layer at full attention.
 
@@ -216,15 +234,20 @@ def memory_fit(
     pipeline_parallel: int,
     mem: EngineMemory,
     kv_element_bytes: float = 2.0,
+    extra_weight_bytes: int = 0,
 ) -> MemoryFit:
     """Split one GPU's memory into weights, overhead and KV cache.
 
     Weights are assumed evenly split over TP x PP ranks (embeddings are vocab-parallel).
     `kv_element_bytes` is what the engine stores per KV element
-    (`Engine.kv_cache_element_bytes`: 2 for 16-bit, 1 for FP8, 34/32 for q8_0).
+    (`Engine.kv_cache_element_bytes`: 2 for 16-bit, 1 for FP8, 34/32 for q8_0);
+    `extra_weight_bytes` (a speculative draft head, whole replica) is split like the weights.
     """
     usable = int(gpu.memory_bytes * mem.utilization)
-    weights = math.ceil(weight_bytes(arch, quantization) / (tensor_parallel * pipeline_parallel))
+    weights = math.ceil(
+        (weight_bytes(arch, quantization) + extra_weight_bytes)
+        / (tensor_parallel * pipeline_parallel)
+    )
     overhead = overhead_bytes(arch, mem, tensor_parallel)
     kv = usable - weights - overhead
     per_token = kv_bytes_per_token_per_gpu(

@@ -306,7 +306,8 @@ def evaluate(
     if req.gpu_memory_utilization is not None:
         mem = replace(mem, utilization=req.gpu_memory_utilization)
     kv_element = engine.kv_cache_element_bytes(quantization, req.fp8_kv_cache, gpu.accelerator)
-    fit = memory.memory_fit(arch, gpu, quantization, tp, pp, mem, kv_element)
+    draft = memory.draft_weight_bytes(arch, req.ask.speculative_method)
+    fit = memory.memory_fit(arch, gpu, quantization, tp, pp, mem, kv_element, draft)
     if not fit.weights_fit:
         needed = fit.weights_bytes + fit.overhead_bytes
         return reject(
