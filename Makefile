@@ -34,14 +34,18 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(BIN)/ruff format operator tests e2e bench charts
 
 .PHONY: unit
-unit: $(STAMP) tools ## Unit tests (no cluster; the chart tests need the pinned helm)
+unit: $(STAMP) tools contracts-env ## Unit tests (no cluster; the chart tests need the pinned helm)
 	$(BIN)/pytest tests
 
 .PHONY: test
-test: lint tools $(STAMP) ## Everything: lint, unit tests and e2e tests on the local cluster
+test: lint tools contracts-env $(STAMP) ## Everything: lint, unit tests and e2e tests on the local cluster
 	@$(BIN)/pytest tests e2e; code=$$?; \
 	  if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	  exit $$code
+
+.PHONY: contracts-env
+contracts-env: ## Build or reuse the vLLM v0.12.0 env of the engine contract tests (cache: ~/.cache/llm-operator)
+	@e2e/contracts/vllm_env.sh >/dev/null
 
 .PHONY: crds
 crds: $(STAMP) ## Regenerate crds/ from the pydantic models

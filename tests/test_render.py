@@ -658,3 +658,12 @@ def test_shared_cache_refused_where_the_engine_cannot_fill_one(catalog: Catalog)
             quantization="q4_k_m",
             hardware={"gpuTypes": ["CPU"], "allowCpu": True},
         )
+
+
+def test_tgi_on_rocm_prefills_a_whole_prompt_at_once(catalog: Catalog) -> None:
+    c = engine_container(
+        _single(catalog, engine="tgi", quantization="bf16", hardware={"gpuTypes": ["MI300X"]})[0]
+    )
+    flags = flag_values(c["args"])
+    assert int(flags["--max-batch-prefill-tokens"][0]) > int(flags["--max-input-tokens"][0])
+    assert c["image"].endswith("-rocm")

@@ -118,6 +118,11 @@ class Tgi(Engine):
         ]
         # NOTE: --max-batch-total-tokens is left to TGI: for flash-attention models it
         # infers the largest value the memory left after warm-up holds (the flag's doc).
+        if launch.accelerator == "amd":
+            # The ROCm image turns prefill chunking off (PREFILL_CHUNKING=0, Dockerfile_amd),
+            # and then the router needs the prefill budget to hold a whole prompt
+            # (backends/v3/src/main.rs: max_batch_prefill_tokens >= max_input_tokens).
+            pairs.append(("--max-batch-prefill-tokens", launch.max_model_len))
         if launch.checkpoint is None and launch.quantization in ON_THE_FLY_FLAGS:
             pairs.append(ON_THE_FLY_FLAGS[launch.quantization])
         if launch.fp8_kv_cache:
