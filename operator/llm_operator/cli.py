@@ -364,6 +364,13 @@ def _add_catalog_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-catalog", type=Path, help="GPU YAML replacing the built-in one")
 
 
+def cmd_engines(args: argparse.Namespace) -> int:
+    """The capability matrix of the pinned engine versions (docs/engines.md embeds it)."""
+    del args
+    print(engines.support_matrix(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `llmctl` (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(prog="llmctl", description=__doc__)
@@ -411,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
     c.set_defaults(func=cmd_crd)
+
+    m = sub.add_parser("engines", help="print what each engine supports (Markdown table)")
+    m.set_defaults(func=cmd_engines)
 
     k = sub.add_parser("catalog", help="list catalog models or GPUs")
     k.add_argument("what", choices=["models", "gpus"])
