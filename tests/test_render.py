@@ -240,11 +240,12 @@ def test_multinode_example_is_a_leaderworkerset_with_ray(catalog: Catalog) -> No
     assert leader["args"][leader["args"].index("--distributed-executor-backend") + 1] == "ray"
     assert worker["command"][2] == "ray start --address=$(LWS_LEADER_ADDRESS):6379 --block"
     assert lwt["size"] >= 2
-    # Every pod of the LLMDeployment; workers have no "http" port, so only leaders serve.
-    assert service["spec"]["selector"] == {
-        "serving.llm-operator.io/llmdeployment": "llama-3-1-405b"
-    }
-    assert "ports" not in worker
+    # Pods that serve HTTP: the leaders, whatever the workload kind; never the workers.
+    llmd_label = "serving.llm-operator.io/llmdeployment"
+    serves = "serving.llm-operator.io/serves"
+    assert service["spec"]["selector"] == {llmd_label: "llama-3-1-405b", serves: "http"}
+    assert lwt["leaderTemplate"]["metadata"]["labels"][serves] == "http"
+    assert serves not in lwt["workerTemplate"]["metadata"]["labels"]
     hashes = {t["metadata"]["annotations"][ANNOTATION_SPEC_HASH] for t in pod_templates(lws)}
     assert len(hashes) == 1
 
@@ -292,8 +293,14 @@ def test_labels_selector_names_and_namespace(catalog: Catalog) -> None:
     deployment, service, pdb, monitor = objects
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["selector"]["matchLabels"] == selector
-    assert deployment["spec"]["template"]["metadata"]["labels"] == want
-    assert service["spec"]["selector"] == {"serving.llm-operator.io/llmdeployment": "chat"}
+    assert deployment["spec"]["template"]["metadata"]["labels"] == {
+        **want,
+        "serving.llm-operator.io/serves": "http",
+    }
+    assert service["spec"]["selector"] == {
+        "serving.llm-operator.io/llmdeployment": "chat",
+        "serving.llm-operator.io/serves": "http",
+    }
     assert service["spec"]["ports"][0]["name"] == "http"
     assert service["spec"]["ports"][0]["port"] == 8000
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}

@@ -110,6 +110,12 @@ def test_helm_install_gives_the_operator_all_it_needs_and_no_more(
 
         doc = yaml.safe_load((REPO / "examples" / "llama-3.1-8b-a10g-vllm.yaml").read_text())
         doc["metadata"]["namespace"] = namespace
+        # The example names its token Secret; the operator checks it exists (with `get`).
+        secret = doc["spec"]["model"]["hfTokenSecret"]["name"]
+        core.create_namespaced_secret(
+            namespace,
+            client.V1Secret(metadata=client.V1ObjectMeta(name=secret), string_data={"token": "x"}),
+        )
         name = doc["metadata"]["name"]
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
 

@@ -45,7 +45,7 @@ SINGLE_NODE_EXAMPLES = [
     "mixtral-8x7b-tgi",
     "llama-2-7b-cpu-llamacpp",
 ]
-CONTEXT_FLAG = {"vllm": "--max-model-len", "tgi": "--max-total-tokens", "llamacpp": "-c"}
+CONTEXT_FLAG = {"vllm": "--max-model-len", "tgi": "--max-total-tokens"}
 PARALLEL_FLAG = {"vllm": "--tensor-parallel-size", "tgi": "--num-shard"}
 
 
@@ -156,7 +156,13 @@ def test_example_reaches_ready_on_the_planned_node_pool(
     assert (owner.kind, owner.name, owner.controller) == ("LLMDeployment", obj_name, True)
     c = engine_container(deployment)
     args = flags(c.args)
-    assert args[CONTEXT_FLAG[plan["engine"]]] == str(plan["maxModelLen"])
+    if plan["engine"] == "llamacpp":
+        # One KV pool (--kv-unified) for every slot: slots x the longest request.
+        slots = plan["maxConcurrentSequences"]
+        assert args["--parallel"] == str(slots)
+        assert args["--ctx-size"] == str(slots * plan["maxModelLen"])
+    else:
+        assert args[CONTEXT_FLAG[plan["engine"]]] == str(plan["maxModelLen"])
     if plan["engine"] in PARALLEL_FLAG:
         assert args[PARALLEL_FLAG[plan["engine"]]] == str(plan["tensorParallel"])
 

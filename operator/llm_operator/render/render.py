@@ -46,6 +46,8 @@ from llm_operator.engines.llamacpp import GGUF_TAGS
 GROUP = "serving.llm-operator.io"
 LABEL_LLMD = f"{GROUP}/llmdeployment"
 LABEL_ENGINE = f"{GROUP}/engine"
+# On every pod that serves HTTP: single-node pods and LeaderWorkerSet leaders, not workers.
+LABEL_SERVES = f"{GROUP}/serves"
 ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 
@@ -380,7 +382,8 @@ def _context(
         "engine": engine.name,
         "labels": labels_for(name, engine.name),
         "selector": selector_for(name, engine.name),
-        "service_selector": {LABEL_LLMD: name},
+        "service_selector": {LABEL_LLMD: name, LABEL_SERVES: "http"},
+        "serving_label": {LABEL_SERVES: "http"},
         "replicas": replicas,
         "nodes": nodes,
         "multinode": nodes > 1,
