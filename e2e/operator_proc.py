@@ -135,6 +135,9 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "LLM_OPERATOR_HEALTH_PORT": str(self.health_port),
             "LLM_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            # NOTE: no test reaches the Hugging Face Hub: a model the catalog does not know
+            # is refused (InvalidSpec) rather than fetched.
+            "HF_HUB_OFFLINE": "1",
             **self.extra_env,
         }
         exe = Path(sys.executable).with_name("llm-operator")

@@ -38,3 +38,21 @@ def make_spec(**overrides: Any) -> LLMDeploymentSpec:
 @pytest.fixture(scope="session")
 def catalog() -> Catalog:
     return load_catalog()
+
+
+@pytest.fixture(autouse=True)
+def _no_hugging_face_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reaches the Hugging Face Hub or reads the developer's cache or token.
+
+    `llm_operator.hub` reads HF_HUB_OFFLINE, HF_ENDPOINT and HF_HUB_CACHE when asked, so a
+    test that serves config.json itself (tests/hub_server.py) sets HF_ENDPOINT and unsets
+    HF_HUB_OFFLINE. NOTE: huggingface_hub reads HF_HUB_OFFLINE once, when imported; it is
+    imported first so that the offline switch below stays ours.
+    """
+    from llm_operator import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing answers
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub-cache"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    hub.clear_memo()

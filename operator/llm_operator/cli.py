@@ -1,7 +1,10 @@
-"""`llmctl`: the offline CLI for people and CI (plan, estimate, render, crd, catalog).
+"""`llmctl`: the offline CLI for people and CI (plan, estimate, render, resolve, crd, catalog).
 
-No cluster needed. Exit codes: 0 success, 1 no feasible plan, 2 bad input (the message
-names the field and the closest valid names).
+No cluster needed. `--model` takes a catalog name (no network), a Hugging Face id (its
+config.json, read through `llm_operator.hub`), a local directory holding config.json or a
+local .gguf file; `--model-config FILE` names the config.json (or .gguf) explicitly. Exit
+codes: 0 success, 1 no feasible plan, 2 bad input (the message names the field and the
+closest valid names).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from llm_operator import engines
+from llm_operator import engines, hub
 from llm_operator.api import crd as crd_gen
 from llm_operator.api.v1alpha1 import (
     ENGINES,
@@ -28,6 +31,7 @@ from llm_operator.api.v1alpha1 import (
     LLMDeploymentSpec,
 )
 from llm_operator.catalog import GIB, Catalog, CatalogError, UnknownNameError, load_catalog
+from llm_operator.catalog.resolve import ConfigError, ResolvedModel
 from llm_operator.engines import Ask
 from llm_operator.planner import memory
 from llm_operator.planner.search import (
@@ -93,14 +97,73 @@ def _catalog(args: argparse.Namespace) -> Catalog:
         raise UsageError(str(err)) from err
 
 
-def _spec_from_flags(args: argparse.Namespace) -> LLMDeploymentSpec:
-    if not args.model:
-        raise UsageError("plan: give -f FILE or --model NAME")
+def resolve_model(
+    catalog: Catalog,
+    model: str | None,
+    model_config: Path | None = None,
+    revision: str | None = None,
+    flag: str = "--model",
+) -> ResolvedModel | None:
+    """The shape of a model the catalog does not give: `--model-config FILE`, else `model`
+    as a local directory with config.json, a local .gguf file or a Hugging Face id.
+
+    Returns:
+        None for a catalog model (answered offline), else what the model's files say.
+
+    Raises:
+        UsageError: naming the flag, the closest catalog names and the Hub's answer.
+    """
+    if model_config is not None:
+        if not model_config.exists():
+            raise UsageError(f"--model-config {model_config}: no such file")
+        try:
+            return hub.resolve(str(model_config))
+        except (ConfigError, hub.HubError) as err:
+            raise UsageError(f"--model-config {model_config}: {err}") from err
+    if model is None:
+        return None
+    try:
+        catalog.model(model)
+        return None
+    except UnknownNameError as err:
+        unknown = err
+    try:
+        return hub.resolve(model, revision=revision)
+    except hub.HubError as err:
+        raise UsageError(f"{flag}: {unknown}; from the Hugging Face Hub: {err}") from err
+    except ConfigError as err:
+        raise UsageError(f"{flag} {model}: {err}") from err
+
+
+def _gguf_quantization(resolved: ResolvedModel | None, asked: str, flag: str) -> str:
+    """The quantization to plan: a GGUF file's own type (asked must be auto or equal)."""
+    if resolved is None or resolved.quantization is None:
+        return asked
+    if asked not in ("auto", resolved.quantization):
+        raise UsageError(
+            f"{flag}: {resolved.origin} stores its weights as {resolved.quantization}, not "
+            f"{asked}; leave it auto or say {resolved.quantization}"
+        )
+    return resolved.quantization
+
+
+def _spec_from_flags(
+    args: argparse.Namespace, resolved: ResolvedModel | None = None
+) -> LLMDeploymentSpec:
+    if not args.model and args.model_config is None:
+        raise UsageError("plan: give -f FILE, --model NAME or --model-config FILE")
     _check_choice("--quantization", args.quantization, QUANTIZATIONS)
     _check_choice("--engine", args.engine, ENGINES)
+    name = args.model or str(args.model_config)
+    model: dict[str, Any] = {"name": name}
+    quantization = _gguf_quantization(resolved, args.quantization.lower(), "--quantization")
+    if resolved is not None and resolved.quantization is not None:
+        # A local GGUF file is served as a file (llama.cpp --model-url), not from the Hub.
+        path = Path(args.model_config or args.model).expanduser().resolve()
+        model.update(source="url", uri=path.as_uri())
     raw: dict[str, Any] = {
-        "model": {"name": args.model},
-        "quantization": args.quantization.lower(),
+        "model": model,
+        "quantization": quantization,
         "engine": args.engine.lower(),
         "context": {"maxModelLen": args.context if args.context is not None else "auto"},
         "workload": {"inputTokens": args.input_tokens, "outputTokens": args.output_tokens},
@@ -188,11 +251,26 @@ def plan_text(model: str, result: PlanResult) -> str:
     return "\n".join(out)
 
 
+def _resolve_spec_model(catalog: Catalog, spec: LLMDeploymentSpec) -> ResolvedModel | None:
+    """For an LLMDeployment file: the model's shape when neither the spec nor the catalog
+    gives it (the Hub's config.json at spec.model.revision)."""
+    if spec.model.architecture is not None:
+        return None
+    return resolve_model(
+        catalog, spec.model.name, revision=spec.model.revision, flag="spec.model.name"
+    )
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
-    spec = load_llmdeployment(Path(args.file)).spec if args.file else _spec_from_flags(args)
+    if args.file:
+        spec = load_llmdeployment(Path(args.file)).spec
+        resolved = _resolve_spec_model(catalog, spec)
+    else:
+        resolved = resolve_model(catalog, args.model, args.model_config)
+        spec = _spec_from_flags(args, resolved)
     try:
-        result = plan(spec, catalog)
+        result = plan(spec, catalog, resolved=resolved.architecture if resolved else None)
     except PlanInputError as err:
         raise UsageError(str(err)) from err
     if args.output == "json":
@@ -227,19 +305,30 @@ def estimate_json(
     pipeline_parallel: int,
     engine: str,
     request: Request,
+    resolved: ResolvedModel | None = None,
 ) -> dict[str, Any]:
     """Evaluate one explicit layout; the keys are the CLI contract (`ESTIMATE_KEYS`).
+
+    Args:
+        resolved: the model's shape read from its own files (`resolve_model`), for a model
+            the catalog does not know; None looks `model` up in the catalog.
 
     Raises:
         UsageError: unknown names or inconsistent GPU counts.
     """
     try:
-        entry = catalog.model(model)
-        arch = entry.architecture
+        if resolved is None:
+            entry = catalog.model(model)
+            arch, gguf_repo, source = entry.architecture, entry.gguf is not None, "hf"
+        else:
+            arch, gguf_repo = resolved.architecture, False
+            # A local GGUF file is served as a file, not from a Hub repository.
+            source = "url" if resolved.quantization is not None else "hf"
         gpu = catalog.gpu(gpu_name)
     except UnknownNameError as err:
         flag = "--model" if err.kind == "model" else "--gpu"
         raise UsageError(f"{flag}: {err}") from err
+    quantization = _gguf_quantization(resolved, quantization, "--quantization")
     if tensor_parallel * pipeline_parallel != gpus:
         raise UsageError(
             f"--gpus {gpus} must equal --tensor-parallel {tensor_parallel} x "
@@ -252,7 +341,8 @@ def estimate_json(
             request.ask,
             checkpoint=arch.checkpoint_quantization,
             model_type=arch.model_type,
-            gguf_repo=entry.gguf is not None,
+            gguf_repo=gguf_repo,
+            model_source=source,
         ),
     )
     out = evaluate(arch, gpu, profile, quantization, tensor_parallel, pipeline_parallel, request)
@@ -291,9 +381,13 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         fp8_kv_cache=args.fp8_kv_cache,
         ask=Ask(quantization=quant, fp8_kv_cache=args.fp8_kv_cache),
     )
+    if not args.model and args.model_config is None:
+        raise UsageError("estimate: give --model NAME or --model-config FILE")
+    catalog = _catalog(args)
+    resolved = resolve_model(catalog, args.model, args.model_config)
     body = estimate_json(
-        _catalog(args),
-        args.model,
+        catalog,
+        args.model or str(args.model_config),
         quant,
         args.gpu,
         args.gpus,
@@ -301,6 +395,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         args.pipeline_parallel,
         engine,
         request,
+        resolved,
     )
     if args.output == "json":
         print(json.dumps(body, indent=2))
@@ -312,8 +407,15 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     """Plan and render the Kubernetes objects of an LLMDeployment file (the GitOps path)."""
     llmd = load_llmdeployment(Path(args.file))
+    catalog = _catalog(args)
+    resolved = _resolve_spec_model(catalog, llmd.spec)
     try:
-        objects = render_for(llmd, _catalog(args), monitoring=args.monitoring)
+        objects = render_for(
+            llmd,
+            catalog,
+            resolved=resolved.architecture if resolved else None,
+            monitoring=args.monitoring,
+        )
     except (RenderError, PlanInputError) as err:
         raise UsageError(str(err)) from err
     sys.stdout.write(to_yaml(objects))
@@ -364,6 +466,42 @@ def _add_catalog_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-catalog", type=Path, help="GPU YAML replacing the built-in one")
 
 
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        help="catalog name (offline), Hugging Face id (reads its config.json from the Hub or "
+        "the cache), local directory with config.json, or local .gguf file",
+    )
+    p.add_argument(
+        "--model-config",
+        type=Path,
+        metavar="FILE",
+        help="the model's config.json (or .gguf) file; --model is then only its name",
+    )
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    """Print what spec.model.architecture (and, for GGUF, spec.quantization) would say."""
+    catalog = _catalog(args)
+    resolved = resolve_model(catalog, args.model, revision=args.revision)
+    if resolved is None:
+        arch, origin, quantization = catalog.model(args.model).architecture, "catalog", None
+    else:
+        arch, origin, quantization = (
+            resolved.architecture,
+            resolved.origin,
+            resolved.quantization,
+        )
+    doc: dict[str, Any] = {
+        "model": {"architecture": arch.model_dump(by_alias=True, exclude_none=True)}
+    }
+    if quantization is not None:
+        doc["quantization"] = quantization
+    sys.stdout.write(f"# {args.model}: from {origin}\n")
+    sys.stdout.write(yaml.safe_dump(doc, sort_keys=False))
+    return 0
+
+
 def cmd_engines(args: argparse.Namespace) -> int:
     """The capability matrix of the pinned engine versions (docs/engines.md embeds it)."""
     del args
@@ -378,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="choose hardware, engine and context for a model")
     p.add_argument("-f", "--file", help="an LLMDeployment YAML file")
-    p.add_argument("--model")
+    _add_model_flags(p)
     p.add_argument("--quantization", default="auto")
     p.add_argument("--engine", default="auto")
     p.add_argument("--context", type=int, help="maxModelLen (default auto)")
@@ -393,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
 
     e = sub.add_parser("estimate", help="predict memory, speed and cost of one explicit layout")
-    e.add_argument("--model", required=True)
+    _add_model_flags(e)
     e.add_argument("--quantization", required=True)
     e.add_argument("--gpu", required=True)
     e.add_argument("--gpus", type=int, required=True)
@@ -415,6 +553,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--monitoring", action="store_true", help="also render a PodMonitor")
     _add_catalog_flags(r)
     r.set_defaults(func=cmd_render)
+
+    v = sub.add_parser(
+        "resolve", help="print a model's architecture as read from its config.json or GGUF file"
+    )
+    v.add_argument("model", help="catalog name, Hugging Face id, directory or .gguf file")
+    v.add_argument("--revision", help="Hugging Face branch, tag or commit")
+    _add_catalog_flags(v)
+    v.set_defaults(func=cmd_resolve)
 
     c = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
     c.set_defaults(func=cmd_crd)

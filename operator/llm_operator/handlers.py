@@ -27,6 +27,7 @@ from llm_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION,
 from llm_operator.autoscaler import loop, metrics
 from llm_operator.catalog import load_catalog
 from llm_operator.errors import GoneError, InvalidSpecError, TransientError
+from llm_operator.hub import HubOptions
 from llm_operator.kube import Kube, load_config
 from llm_operator.metrics import (
     API_WRITES,
@@ -46,6 +47,7 @@ OPTIONS = Options(
     monitoring=SETTINGS.monitoring,
     allow_privileged_overrides=SETTINGS.allow_privileged_overrides,
 )
+HUB = HubOptions(cache_dir=SETTINGS.hub_cache_dir, timeout_s=SETTINGS.hub_timeout_s)
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _persisted: dict[str, float] = {}  # uid -> when this process last wrote the scaler state
@@ -190,7 +192,7 @@ def _reconcile_locked(
         if live is None:
             return None, None
         try:
-            outcome = reconcile_once(memo.kube, memo.catalog, live, OPTIONS)
+            outcome = reconcile_once(memo.kube, memo.catalog, live, OPTIONS, HUB)
         except InvalidSpecError as err:
             RECONCILES.labels("invalid").inc()
             if _write_status(memo.kube, live, _invalid_spec_status(live, err)):

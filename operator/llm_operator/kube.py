@@ -8,6 +8,7 @@ the handlers and the autoscaler loop.
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -266,6 +267,31 @@ class Kube:
                 return None
             raise _translate(err, f"reading Secret {namespace}/{name}") from err
         return frozenset((secret.data or {}).keys()) | frozenset((secret.string_data or {}).keys())
+
+    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """One key's value of a Secret (the Hugging Face token the operator reads gated
+        models' config.json with); None when the Secret or the key does not exist.
+
+        NOTE: the value is returned to the caller only: never logged, never put in an error
+        message, an event or the status.
+        """
+        try:
+            secret = client.CoreV1Api(self.api).read_namespaced_secret(name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise _translate(err, f"reading Secret {namespace}/{name}") from err
+        encoded = (secret.data or {}).get(key)
+        if encoded is None:
+            plain = (secret.string_data or {}).get(key)
+            return None if plain is None else str(plain).strip()
+        try:
+            return base64.b64decode(encoded).decode().strip()
+        except (ValueError, UnicodeDecodeError):
+            # NOTE: `from None`: the decoding error would quote bytes of the value.
+            raise InvalidSpecError(
+                "spec.model.hfTokenSecret", f"Secret {namespace}/{name} key {key!r} is not text"
+            ) from None
 
     def pod_unschedulable(self, namespace: str, selector: str) -> str | None:
         """The scheduler's message for one pending, unschedulable pod of the selector."""

@@ -38,6 +38,10 @@ class Settings:
         monitoring: render PodMonitors (Prometheus Operator present).
         allow_privileged_overrides: let overrides.podTemplatePatch reach the host or raise
             privileges (the install-time opt-in; docs/security.md).
+        hub_cache_dir: where config.json files read from the Hugging Face Hub are kept
+            (huggingface_hub's cache layout); under /tmp, the pod's only writable path.
+        hub_timeout_s: timeout of each request to the Hub (HF_ENDPOINT, HF_HUB_OFFLINE
+            are honoured as huggingface_hub defines them).
     """
 
     namespace: str = ""
@@ -52,6 +56,8 @@ class Settings:
     peering: str = ""
     monitoring: bool = False
     allow_privileged_overrides: bool = False
+    hub_cache_dir: Path = Path("/tmp/llm-operator/hub")
+    hub_timeout_s: float = 10.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -72,4 +78,6 @@ class Settings:
             allow_privileged_overrides=(
                 env("LLM_OPERATOR_ALLOW_PRIVILEGED_OVERRIDES", "false").lower() == "true"
             ),
+            hub_cache_dir=_path("LLM_OPERATOR_HUB_CACHE") or Path("/tmp/llm-operator/hub"),
+            hub_timeout_s=float(env("LLM_OPERATOR_HUB_TIMEOUT", "10")),
         )

@@ -109,10 +109,25 @@ def active_params(arch: Architecture) -> int:
     return arch.active_params or total_params(arch)
 
 
+def stored_bits(arch: Architecture, quantization: str) -> float:
+    """Bits per weight as stored, scales included.
+
+    An AWQ/GPTQ checkpoint says its own width (config.json quantization_config bits and
+    group_size): bits + one fp16 scale and one packed zero point per group, which for the
+    default 4 bits in groups of 128 is `STORED_BITS` (4.156); an 8-bit GPTQ checkpoint is
+    twice that, not the 4-bit figure.
+    """
+    q = arch.quantization_config
+    if quantization in ("awq", "gptq") and q is not None and q.quantization == quantization:
+        group = q.group_size if q.group_size and q.group_size > 0 else None
+        return q.bits + ((16 + q.bits) / group if group else 0.0)
+    return STORED_BITS[quantization]
+
+
 def weight_bytes(arch: Architecture, quantization: str) -> int:
     """Bytes of all weights as stored at `quantization`, scales and 16-bit embeddings included."""
     params = total_params(arch)
-    bits = STORED_BITS[quantization]
+    bits = stored_bits(arch, quantization)
     if quantization in _LINEAR_ONLY:
         embed = embedding_params(arch)
         return math.ceil((params - embed) * bits / 8 + embed * 2)

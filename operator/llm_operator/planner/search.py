@@ -405,19 +405,30 @@ def evaluate(
     )
 
 
-def resolve_architecture(spec: LLMDeploymentSpec, catalog: Catalog) -> Architecture:
-    """The spec's inline architecture, else the catalog's.
+def resolve_architecture(
+    spec: LLMDeploymentSpec, catalog: Catalog, resolved: Architecture | None = None
+) -> Architecture:
+    """The spec's inline architecture, else the one the caller resolved, else the catalog's.
+
+    Args:
+        spec: the spec.
+        catalog: models and GPU types.
+        resolved: the model's shape read from its own config.json or GGUF header by the
+            caller (`llm_operator.hub`); the planner itself never reads files.
 
     Raises:
         PlanInputError: naming spec.model.name and the closest catalog names.
     """
     if spec.model.architecture is not None:
         return spec.model.architecture
+    if resolved is not None:
+        return resolved
     try:
         return catalog.model(spec.model.name).architecture
     except UnknownNameError as err:
         raise PlanInputError(
-            f"spec.model.name: {err}. Use a catalog model or set spec.model.architecture"
+            f"spec.model.name: {err}. Use a catalog model, a Hugging Face id the operator can "
+            "read config.json of, or set spec.model.architecture"
         ) from err
 
 
@@ -499,6 +510,8 @@ def plan(
     catalog: Catalog,
     available_gpus: Mapping[str, int] | None = None,
     keep: int = 5,
+    *,
+    resolved: Architecture | None = None,
 ) -> PlanResult:
     """Choose the cheapest feasible layout for an LLMDeployment spec.
 
@@ -510,6 +523,9 @@ def plan(
             catalog type with its catalog node size. Provisionable types not in the
             mapping keep their catalog node size.
         keep: how many alternatives and rejections to report.
+        resolved: the model's shape as the caller read it from the model's own files
+            (`hub.resolve`: config.json from the Hub or a directory, a GGUF header), for a
+            model the catalog does not know; spec.model.architecture still overrides it.
 
     Returns:
         The chosen candidate (or None), alternatives, closest rejections, replicas.
@@ -517,8 +533,8 @@ def plan(
     Raises:
         PlanInputError: when the spec names an unknown model or GPU type.
     """
-    arch = resolve_architecture(spec, catalog)
-    entry = model_entry(spec, catalog)
+    arch = resolve_architecture(spec, catalog, resolved)
+    entry = model_entry(spec, catalog, resolved)
     req = Request.from_spec(spec, arch, gguf_repo=entry is not None and entry.gguf is not None)
     gpus = _gpu_types(spec, catalog, available_gpus)
     combos = _engine_quantizations(spec, arch, req.ask)
@@ -583,14 +599,23 @@ def plan(
     )
 
 
-def model_entry(spec: LLMDeploymentSpec, catalog: Catalog) -> ModelEntry | None:
-    """The catalog entry of the spec's model (None when the spec describes it inline and
-    the catalog does not know the name)."""
+def model_entry(
+    spec: LLMDeploymentSpec, catalog: Catalog, resolved: Architecture | None = None
+) -> ModelEntry | None:
+    """The catalog entry of the spec's model; for a model the catalog does not know, an
+    entry made of the shape the caller resolved (its name as written, no GGUF repository),
+    or None when the spec describes the model inline.
+
+    Raises:
+        UnknownNameError: the catalog does not know the name and nothing describes it.
+    """
     try:
         return catalog.model(spec.model.name)
     except UnknownNameError:
         if spec.model.architecture is not None:
             return None
+        if resolved is not None:
+            return ModelEntry(name=spec.model.name, architecture=resolved)
         raise
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from llm_operator.api import conditions as cond
 from llm_operator.api.v1alpha1 import (
+    Architecture,
     Condition,
     Handover,
     LLMDeployment,
@@ -22,7 +23,7 @@ from llm_operator.api.v1alpha1 import (
 )
 from llm_operator.catalog import Catalog, UnknownNameError
 from llm_operator.errors import InvalidSpecError
-from llm_operator.planner.search import PlanInputError, PlanResult, plan
+from llm_operator.planner.search import PlanInputError, PlanResult, model_entry, plan
 from llm_operator.render import RenderError, render_objects
 from llm_operator.render.render import startup_failure_threshold
 
@@ -163,7 +164,10 @@ def planned_for(status: LLMDeploymentStatus, generation: Any) -> bool:
 
 
 def _choose_plan(
-    llmd: LLMDeployment, catalog: Catalog, available_gpus: Mapping[str, int] | None
+    llmd: LLMDeployment,
+    catalog: Catalog,
+    available_gpus: Mapping[str, int] | None,
+    resolved: Architecture | None = None,
 ) -> tuple[PlanStatus | None, PlanResult | None, str]:
     """Keep the current plan while the spec is unchanged; re-plan when it changed."""
     status = llmd.status
@@ -171,7 +175,7 @@ def _choose_plan(
     if status is not None and status.plan is not None and planned_for(status, generation):
         return status.plan, None, "unchanged"
     try:
-        result = plan(llmd.spec, catalog, available_gpus)
+        result = plan(llmd.spec, catalog, available_gpus, resolved=resolved)
     except PlanInputError as err:
         raise InvalidSpecError(*_split_field(str(err))) from err
     chosen = result.chosen.to_status() if result.chosen else None
@@ -217,6 +221,7 @@ def desired_state(
     children: ChildState,
     options: Options | None = None,
     now: str | None = None,
+    resolved: Architecture | None = None,
 ) -> Desired:
     """Decide children, status and events for one LLMDeployment.
 
@@ -228,6 +233,8 @@ def desired_state(
         children: what the workload reports now.
         options: operator-level rendering settings.
         now: timestamp for condition transitions (tests pin it).
+        resolved: the model's shape read from its config.json by the caller
+            (`reconcile.run` through `hub`), for a model the catalog does not know.
 
     Raises:
         InvalidSpecError: the spec names an unknown model or GPU type, or cannot be
@@ -238,7 +245,7 @@ def desired_state(
     old = llmd.status or LLMDeploymentStatus()
     conditions: Sequence[Condition] = old.conditions
     events: list[Event] = []
-    chosen, result, why = _choose_plan(llmd, catalog, available_gpus)
+    chosen, result, why = _choose_plan(llmd, catalog, available_gpus, resolved)
 
     def put(type_: str, status: cond.Status, reason: str, message: str) -> None:
         nonlocal conditions
@@ -269,7 +276,9 @@ def desired_state(
     try:
         gpu = catalog.gpu(chosen.gpu)
         entry = (
-            catalog.model(llmd.spec.model.name) if llmd.spec.model.architecture is None else None
+            model_entry(llmd.spec, catalog, resolved)
+            if llmd.spec.model.architecture is None
+            else None
         )
     except UnknownNameError as err:
         raise InvalidSpecError("spec.model.name", str(err)) from err

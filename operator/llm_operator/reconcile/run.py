@@ -1,19 +1,23 @@
 """One reconcile pass for one LLMDeployment: read, decide (pure), apply, report.
 
-Glue between `kube` (reads and writes) and `desired` (the decision). Called by the
-handlers for create/update/resume and by the periodic drift timer.
+Glue between `kube` (reads and writes), `hub` (a model the catalog does not know is read
+from its own config.json on the Hugging Face Hub) and `desired` (the decision). Called by
+the handlers for create/update/resume and by the periodic drift timer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from llm_operator.api.v1alpha1 import LLMDeployment
+from llm_operator import hub
+from llm_operator.api.v1alpha1 import Architecture, LLMDeployment
 from llm_operator.catalog import Catalog, UnknownNameError
-from llm_operator.errors import InvalidSpecError
+from llm_operator.catalog.resolve import ConfigError, ResolvedModel
+from llm_operator.errors import InvalidSpecError, TransientError
 from llm_operator.kube import Kube, NodeInventory
 from llm_operator.reconcile import apply
 from llm_operator.reconcile.desired import Desired, Options, desired_state
@@ -66,21 +70,120 @@ def status_dict(desired: Desired) -> dict[str, Any]:
     return desired.status.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+Resolver = Callable[..., ResolvedModel]
+"""What `resolve_model` reads a model with: `hub.resolve`'s signature (tests pass a fake)."""
+
+HUB_RETRY_DELAY_S = 30.0  # a Hub that did not answer is asked again after this long
+
+
+def resolve_model(
+    kube: Kube,
+    llmd: LLMDeployment,
+    catalog: Catalog,
+    hub_options: hub.HubOptions | None = None,
+    resolver: Resolver = hub.resolve,
+) -> Architecture | None:
+    """The shape of a model the catalog does not know, from its config.json on the Hub.
+
+    None when nothing needs reading: spec.model.architecture describes the model, or the
+    catalog knows its name (a catalog hit needs no network). The token of
+    spec.model.hfTokenSecret is read only here, only when the Hub has to be asked, and goes
+    nowhere but the request.
+
+    Raises:
+        InvalidSpecError: the model does not exist on the Hub, is gated without a usable
+            token, has a config.json the planner cannot size, or is a GGUF file the
+            operator cannot read; the message names what to set.
+        TransientError: the Hub did not answer.
+    """
+    model = llmd.spec.model
+    if model.architecture is not None:
+        return None
+    try:
+        catalog.model(model.name)
+        return None
+    except UnknownNameError:
+        pass
+    uri = (model.uri or "").split("?")[0].lower()
+    if model.source != "hf" and uri.endswith(".gguf"):
+        # NOTE: reading the header would need the file: the operator mounts no model volume
+        # and downloads no weights (a resolver that could would run a Job on the PVC, or
+        # read the first megabytes of the URL with an HTTP range request).
+        raise InvalidSpecError(
+            "spec.model.architecture",
+            f"{model.uri} is a GGUF file on {model.source}, whose header the operator cannot "
+            "read: set spec.model.architecture and spec.quantization to the file's type "
+            "(`llmctl resolve FILE.gguf` prints both from a local copy)",
+        )
+    namespace = str(llmd.metadata.get("namespace") or "")
+    secret = model.hf_token_secret
+    token: str | bool = False
+    if secret is not None:
+        token = kube.secret_value(namespace, secret.name, secret.key) or False
+    try:
+        resolved = resolver(model.name, revision=model.revision, token=token, options=hub_options)
+    except hub.ModelNotFound as err:
+        where = (
+            ""
+            if model.source == "hf"
+            else f" (the weights are on {model.source}; their shape is read from the Hub by "
+            "spec.model.name)"
+        )
+        raise InvalidSpecError(
+            "spec.model.name",
+            f"{err}{where}: name a model on the Hub or in the catalog, or set "
+            "spec.model.architecture",
+        ) from err
+    except hub.ModelGated as err:
+        if secret is None:
+            hint = "set spec.model.hfTokenSecret to a Secret holding a token with access"
+        elif token is False:
+            hint = (
+                f"Secret {namespace}/{secret.name} with key {secret.key!r} was not found; "
+                "create it with a token that has access"
+            )
+        else:
+            hint = (
+                f"the token in Secret {namespace}/{secret.name} (key {secret.key!r}) has no "
+                "access to it"
+            )
+        raise InvalidSpecError(
+            "spec.model.hfTokenSecret", f"{err}; {hint}, or set spec.model.architecture"
+        ) from err
+    except hub.HubUnavailable as err:
+        raise TransientError(
+            f"spec.model.name: reading config.json: {err}", delay=HUB_RETRY_DELAY_S
+        ) from err
+    except ConfigError as err:
+        raise InvalidSpecError("spec.model.architecture", str(err)) from err
+    return resolved.architecture
+
+
 def reconcile_once(
-    kube: Kube, catalog: Catalog, body: dict[str, Any], options: Options | None = None
+    kube: Kube,
+    catalog: Catalog,
+    body: dict[str, Any],
+    options: Options | None = None,
+    hub_options: hub.HubOptions | None = None,
 ) -> Outcome:
     """Plan, render, apply and prune one LLMDeployment; return the status to write.
 
     Raises:
         InvalidSpecError: the spec cannot be served as written.
-        TransientError: the API failed in a way worth retrying.
+        TransientError: the API (or the Hugging Face Hub) failed in a way worth retrying.
     """
     llmd = parse(body)
+    resolved = resolve_model(kube, llmd, catalog, hub_options)
     inventory = kube.node_inventory()
     live = apply.live_children(kube, body)
     children = apply.child_state(kube, live, body)
     desired = desired_state(
-        llmd, catalog, available_gpus(inventory, catalog), children, options=options
+        llmd,
+        catalog,
+        available_gpus(inventory, catalog),
+        children,
+        options=options,
+        resolved=resolved,
     )
     report = apply.execute(kube, body, desired.objects, desired.prune, live, desired.keep)
     return Outcome(desired=desired, report=report, status=status_dict(desired))

@@ -38,7 +38,7 @@ import yaml
 
 from llm_operator import engines
 from llm_operator.api import security
-from llm_operator.api.v1alpha1 import LLMDeployment, PlanStatus
+from llm_operator.api.v1alpha1 import Architecture, LLMDeployment, PlanStatus
 from llm_operator.catalog import Catalog, GpuType, ModelEntry
 from llm_operator.engines import Engine, Launch, Lora, Speculative
 from llm_operator.engines.llamacpp import GGUF_TAGS
@@ -590,6 +590,7 @@ def render_for(
     llmd: LLMDeployment,
     catalog: Catalog,
     *,
+    resolved: Architecture | None = None,
     monitoring: bool = False,
     allow_privileged_overrides: bool = False,
 ) -> list[dict[str, Any]]:
@@ -601,6 +602,8 @@ def render_for(
     Args:
         llmd: the LLMDeployment.
         catalog: models and GPU types.
+        resolved: the model's shape read from its own config.json by the caller
+            (`hub.resolve`), for a model the catalog does not know.
         monitoring: also render a PodMonitor.
         allow_privileged_overrides: see `render_objects`.
 
@@ -612,12 +615,12 @@ def render_for(
     from llm_operator.planner.search import model_entry
     from llm_operator.planner.search import plan as make_plan
 
-    result = make_plan(llmd.spec, catalog)
+    result = make_plan(llmd.spec, catalog, resolved=resolved)
     if result.chosen is None:
         closest = "; ".join(f"{r.label}: {r.reason}" for r in result.rejected[:3])
         raise RenderError(f"spec: no feasible plan ({closest or 'no GPU type available'})")
     chosen = result.chosen.to_status()
-    entry = model_entry(llmd.spec, catalog)
+    entry = model_entry(llmd.spec, catalog, resolved)
     replicas = result.replicas
     if llmd.spec.scaling.mode == "external" and llmd.spec.replicas is not None:
         replicas = llmd.spec.replicas
