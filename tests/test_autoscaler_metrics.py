@@ -6,6 +6,7 @@ import re
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -22,17 +23,20 @@ SIMULATOR = ROOT / "e2e" / "sim" / "engine_sim.py"
 def test_vllm_queries_select_one_llmdeployment() -> None:
     q = build_queries("vllm", "team-a", "chat")
     sel = '{namespace="team-a",llmdeployment="chat"}'
-    assert q.output_tokens_per_second == f"sum(rate(vllm:generation_tokens_total{sel}[1m]))"
-    assert q.running_requests == f"sum(vllm:num_requests_running{sel})"
-    assert q.waiting_requests == f"sum(vllm:num_requests_waiting{sel})"
+    by = "by (namespace, llmdeployment)"
+    assert q.output_tokens_per_second == f"sum {by} (rate(vllm:generation_tokens_total{sel}[1m]))"
+    assert q.running_requests == f"sum {by} (vllm:num_requests_running{sel})"
+    assert q.waiting_requests == f"sum {by} (vllm:num_requests_waiting{sel})"
     assert q.kv_cache_usage == (
-        f"avg(vllm:kv_cache_usage_perc{sel} or vllm:gpu_cache_usage_perc{sel})"
+        f"avg {by} (vllm:kv_cache_usage_perc{sel} or vllm:gpu_cache_usage_perc{sel})"
     )
 
 
 def test_tgi_and_llamacpp_queries() -> None:
     tgi = build_queries("tgi", "ns", "m")
-    assert tgi.output_tokens_per_second.startswith("sum(rate(tgi_request_generated_tokens_sum{")
+    assert tgi.output_tokens_per_second.startswith(
+        "sum by (namespace, llmdeployment) (rate(tgi_request_generated_tokens_sum{"
+    )
     assert "tgi_queue_size" in tgi.waiting_requests
     assert "tgi_batch_current_size" in tgi.running_requests
     assert tgi.kv_cache_usage is None
@@ -169,3 +173,57 @@ def test_unreachable_prometheus_is_unavailable_at_once() -> None:
     assert obs.unavailable_reason == (
         f"cannot connect to Prometheus at http://127.0.0.1:{port} (connection refused or reset)"
     )
+
+
+def _labelled(**values: float) -> list[dict[str, Any]]:
+    """A grouped answer: one sample per "namespace/name" key."""
+    return [
+        {"metric": dict(zip(("namespace", "llmdeployment"), k.split("/"), strict=True)),
+         "value": [1700000000.0, str(v)]}
+        for k, v in values.items()
+    ]  # fmt: skip
+
+
+def test_grouped_observer_asks_once_per_metric_for_every_llmdeployment() -> None:
+    fake = FakePrometheus(
+        {
+            "generation_tokens": _labelled(**{"a/m1": 100.0, "a/m2": 250.0, "b/m1": 7.0}),
+            "num_requests_waiting": _labelled(**{"a/m1": 3.0}),
+            "kv_cache_usage_perc": requests.Timeout("slow"),
+        },
+        default=_labelled(**{"a/m1": 1.0, "a/m2": 2.0, "b/m1": 0.0}),
+    )
+    now = [0.0]
+    grouped = metrics.GroupedObserver(fake, timeout_s=2, max_age_s=10, clock=lambda: now[0])
+    first = grouped.observe("vllm", "a", "m1")
+    second = grouped.observe("vllm", "a", "m2")
+    other = grouped.observe("vllm", "b", "m1")
+    assert len(fake.calls) == 4  # tokens, running, waiting, KV: once for all three
+    assert all('llmdeployment!=""' in q for q, _, _ in fake.calls)
+    assert (first.output_tokens_per_second, first.waiting_requests) == (100.0, 3.0)
+    assert first.kv_cache_usage is None  # a failed auxiliary query leaves only it unknown
+    assert second.output_tokens_per_second == 250.0 and second.waiting_requests is None
+    assert other.output_tokens_per_second == 7.0
+    # The same numbers the per-object queries give (what decide() sees is unchanged).
+    single = FakePrometheus(
+        {"generation_tokens": vector(100.0), "num_requests_waiting": vector(3.0)},
+        default=vector(1.0),
+    )
+    alone = observe(single, "vllm", "a", "m1", timeout_s=2)
+    assert (alone.output_tokens_per_second, alone.waiting_requests) == (100.0, 3.0)
+    # Missing object: unavailable with the query it would have asked.
+    missing = grouped.observe("vllm", "c", "gone")
+    assert not missing.available and 'llmdeployment="gone"' in (missing.unavailable_reason or "")
+    assert len(fake.calls) == 4
+    now[0] = 11.0  # the table aged: asked again, once
+    grouped.observe("vllm", "a", "m1")
+    assert len(fake.calls) == 8
+
+
+def test_grouped_observer_failure_makes_everyone_unavailable() -> None:
+    fake = FakePrometheus({"tgi_request_generated_tokens": requests.ConnectionError("refused")})
+    grouped = metrics.GroupedObserver(fake, timeout_s=1, max_age_s=10)
+    a, b = grouped.observe("tgi", "a", "m"), grouped.observe("tgi", "b", "m")
+    assert not a.available and not b.available
+    assert "cannot connect to Prometheus" in (a.unavailable_reason or "")
+    assert len(fake.calls) == 1

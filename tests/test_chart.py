@@ -62,7 +62,7 @@ STANDARD_LABELS = (
 CHILD_VERBS = frozenset({"get", "list", "create", "patch", "delete"})
 WATCHED_CHILD_VERBS = CHILD_VERBS | {"watch"}
 CLUSTER_RULES: dict[tuple[str, str], frozenset[str]] = {
-    ("", "nodes"): frozenset({"list"}),
+    ("", "nodes"): frozenset({"list", "watch"}),
     ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
 }
 NAMESPACED_RULES: dict[tuple[str, str], frozenset[str]] = {
@@ -76,9 +76,9 @@ NAMESPACED_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("apps", "deployments"): WATCHED_CHILD_VERBS,
     ("leaderworkerset.x-k8s.io", "leaderworkersets"): WATCHED_CHILD_VERBS,
     ("policy", "poddisruptionbudgets"): WATCHED_CHILD_VERBS,
-    ("", "persistentvolumeclaims"): CHILD_VERBS,
+    ("", "persistentvolumeclaims"): WATCHED_CHILD_VERBS,
     ("batch", "jobs"): WATCHED_CHILD_VERBS,
-    ("monitoring.coreos.com", "podmonitors"): CHILD_VERBS,
+    ("monitoring.coreos.com", "podmonitors"): WATCHED_CHILD_VERBS,
 }
 PEERING_VERBS = frozenset({"list", "watch", "patch"})
 

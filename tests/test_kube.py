@@ -77,3 +77,50 @@ def test_node_inventory_is_listed_once_per_ttl(monkeypatch: Any) -> None:
     expired.node_inventory()
     expired.node_inventory()
     assert core.lists == 3
+
+
+def test_children_are_kept_trimmed() -> None:
+    from llm_operator.kube import trim
+
+    obj = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "m",
+            "namespace": "ns",
+            "labels": {"a": "b"},
+            "managedFields": [{"manager": "x"}] * 50,
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{...}" * 100,
+                "keep": "me",
+            },
+            "ownerReferences": [{"uid": "u"}],
+        },
+        "spec": {"replicas": 1},
+        "status": {"readyReplicas": 1},
+    }
+    kept = trim(obj)
+    assert "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["annotations"] == {"keep": "me"}
+    assert kept["spec"] == {"replicas": 1} and kept["status"] == {"readyReplicas": 1}
+    assert kept["metadata"]["ownerReferences"] == [{"uid": "u"}]
+
+
+def test_the_indexed_view_serves_a_pass_from_memory() -> None:
+    from llm_operator.handlers import IndexedView
+
+    child = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "m"}}
+    view = IndexedView(
+        {
+            "children_services": {("ns", "m"): [child]},
+            "children_deployments": {},
+            "refused_pods": {("ns", "m"): ["pod m-1: 0/3 nodes are available"]},
+            "nodes": {None: [("NVIDIA-A10G", 1, True), (None, 0, True), ("NVIDIA-A10G", 1, False)]},
+        }
+    )
+    assert view.children("ns", "m") == [child]
+    assert view.children("ns", "other") == []
+    assert view.refused_pod("ns", "m") == "pod m-1: 0/3 nodes are available"
+    assert view.refused_pod("ns", "other") is None
+    inventory = view.node_inventory()
+    assert inventory.gpus_per_node == {"NVIDIA-A10G": 1} and inventory.cpu_nodes == 1

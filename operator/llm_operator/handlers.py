@@ -12,11 +12,12 @@ Kopf's bookkeeping lives in annotations with the project's prefix, never in `sta
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import kopf
@@ -28,10 +29,11 @@ from llm_operator.autoscaler import loop, metrics
 from llm_operator.catalog import load_catalog
 from llm_operator.errors import GoneError, InvalidSpecError, TransientError
 from llm_operator.hub import HubOptions
-from llm_operator.kube import Kube, load_config
+from llm_operator.kube import Kube, NodeInventory, inventory_of, load_config, node_capacity, trim
 from llm_operator.metrics import (
     API_WRITES,
     AUTOSCALER_TICKS,
+    IN_FLIGHT,
     OBSERVED_TOKENS,
     PLANNED_COST,
     RECONCILE_SECONDS,
@@ -57,6 +59,23 @@ def _lock(uid: str) -> threading.Lock:
     """One lock per object: the timer and change handlers never reconcile it at once."""
     with _locks_guard:
         return _locks.setdefault(uid, threading.Lock())
+
+
+@contextlib.contextmanager
+def _locked(uid: str) -> Iterator[None]:
+    """Hold the object's lock, counted in llm_operator_reconciles_in_flight (the queue)."""
+    lock = _lock(uid)
+    IN_FLIGHT.labels("waiting").inc()
+    try:
+        lock.acquire()
+    finally:
+        IN_FLIGHT.labels("waiting").dec()
+    IN_FLIGHT.labels("running").inc()
+    try:
+        yield
+    finally:
+        IN_FLIGHT.labels("running").dec()
+        lock.release()
 
 
 @kopf.on.startup()
@@ -93,6 +112,15 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.prometheus = (
         metrics.make_client(SETTINGS.prometheus_url, SETTINGS.query_timeout_s)
         if SETTINGS.prometheus_url
+        else None
+    )
+    # NOTE: one query per metric and engine per interval for every LLMDeployment, not per
+    # object: the ticks of one interval share the table.
+    memo.observer = (
+        metrics.GroupedObserver(
+            memo.prometheus, SETTINGS.query_timeout_s, 0.8 * SETTINGS.autoscale_interval_s
+        )
+        if memo.prometheus is not None
         else None
     )
     start_http_server(SETTINGS.metrics_port)
@@ -168,10 +196,10 @@ def _report(body: kopf.Body, outcome: Outcome) -> None:
     REPLICAS.labels(*labels, "ready").set(status.ready_replicas or 0)
 
 
-def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> None:
+def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: Any, view: IndexedView) -> None:
     """One reconcile pass under the object's lock, from a fresh read."""
     try:
-        outcome, live = _reconcile_locked(body, memo)
+        outcome, live = _reconcile_locked(body, memo, view)
     except GoneError as err:
         # Deleted (or its namespace is terminating) while the pass ran: expected, quiet.
         RECONCILES.labels("gone").inc()
@@ -184,15 +212,15 @@ def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> None:
 
 
 def _reconcile_locked(
-    body: Mapping[str, Any], memo: kopf.Memo
+    body: Mapping[str, Any], memo: kopf.Memo, view: IndexedView
 ) -> tuple[Outcome | None, dict[str, Any] | None]:
     started = time.monotonic()
-    with _lock(body["metadata"]["uid"] or body["metadata"]["name"]):
+    with _locked(body["metadata"]["uid"] or body["metadata"]["name"]):
         live = _read(memo.kube, body)
         if live is None:
             return None, None
         try:
-            outcome = reconcile_once(memo.kube, memo.catalog, live, OPTIONS, HUB)
+            outcome = reconcile_once(memo.kube, memo.catalog, live, OPTIONS, HUB, view)
         except InvalidSpecError as err:
             RECONCILES.labels("invalid").inc()
             if _write_status(memo.kube, live, _invalid_spec_status(live, err)):
@@ -229,7 +257,9 @@ def controller_of(child: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _child_changed(type_: str | None, body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
+def _child_changed(
+    type_: str | None, body: kopf.Body, memo: kopf.Memo, logger: Any, view: IndexedView
+) -> None:
     """A child changed (an edit, a status update, a deletion): reconcile its owner now."""
     if type_ is None:
         return  # the listing at start-up; the resume handlers reconcile every owner
@@ -237,7 +267,7 @@ def _child_changed(type_: str | None, body: kopf.Body, memo: kopf.Memo, logger: 
     if owner is None:
         return
     try:
-        _reconcile(owner, memo, logger)
+        _reconcile(owner, memo, logger, view)
     except (kopf.PermanentError, kopf.TemporaryError) as err:
         # Reported on the owner (status, events); its own handlers and timer retry.
         logger.debug("owner reconcile after a child event: %s", err)
@@ -253,19 +283,19 @@ def _pod_refused(body: kopf.Body, **_: Any) -> bool:
     )
 
 
-def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
+def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any, view: IndexedView) -> None:
     """One autoscaler tick; an object that went away meanwhile ends it quietly."""
     try:
-        _autoscale_locked(body, memo, logger)
+        _autoscale_locked(body, memo, logger, view)
     except GoneError as err:
         logger.debug("the object went away during the autoscaler tick: %s", err)
 
 
-def _autoscale_locked(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
+def _autoscale_locked(body: kopf.Body, memo: kopf.Memo, logger: Any, view: IndexedView) -> None:
     """One autoscaler tick under the object's lock; a new replica count is applied at once."""
     uid = body["metadata"]["uid"]
     outcome: Outcome | None = None
-    with _lock(uid):
+    with _locked(uid):
         live = _read(memo.kube, body)
         if live is None:
             return
@@ -282,12 +312,13 @@ def _autoscale_locked(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
             now=now,
             timeout_s=SETTINGS.query_timeout_s,
             last_persisted=_persisted.get(uid),
+            observer=memo.observer,
         )
         new_status = tick.status.model_dump(by_alias=True, exclude_none=True, mode="json")
         if tick.scaled:
             try:
                 outcome = reconcile_once(
-                    memo.kube, memo.catalog, {**live, "status": new_status}, OPTIONS
+                    memo.kube, memo.catalog, {**live, "status": new_status}, OPTIONS, HUB, view
                 )
             except TransientError as err:
                 raise kopf.TemporaryError(str(err), delay=err.delay) from err
@@ -321,6 +352,95 @@ def _autoscale_locked(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
     logger.debug("autoscaler: %s %s", decision.reason, decision.message)
 
 
+# --- watch-fed indexes: what a reconcile pass reads, without a LIST -----------------------
+# Kopf keeps each index up to date from its watch and starts no handler before every
+# index has its initial listing, so a pass reads children, refused pods and nodes from
+# memory; values are trimmed (no managedFields, no last-applied copy).
+CHILD_INDEXES = (
+    "children_services",
+    "children_claims",
+    "children_jobs",
+    "children_deployments",
+    "children_leaderworkersets",
+    "children_pdbs",
+    "children_podmonitors",
+)
+OWNED = {LABEL_LLMD: kopf.PRESENT}
+
+
+@kopf.index("", "v1", "services", id="children_services", labels=OWNED)
+@kopf.index("", "v1", "persistentvolumeclaims", id="children_claims", labels=OWNED)
+@kopf.index("batch", "v1", "jobs", id="children_jobs", labels=OWNED)
+@kopf.index("apps", "v1", "deployments", id="children_deployments", labels=OWNED)
+@kopf.index(
+    "leaderworkerset.x-k8s.io", "v1", "leaderworkersets", id="children_leaderworkersets",
+    labels=OWNED,
+)  # fmt: skip
+@kopf.index("policy", "v1", "poddisruptionbudgets", id="children_pdbs", labels=OWNED)
+@kopf.index("monitoring.coreos.com", "v1", "podmonitors", id="children_podmonitors", labels=OWNED)
+def index_child(body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any) -> Any:
+    """A child, trimmed, under (namespace, its LLMDeployment)."""
+    return {(namespace, labels[LABEL_LLMD]): trim(body)}
+
+
+@kopf.index("", "v1", "pods", id="refused_pods", labels=OWNED, when=_pod_refused)
+def index_refused_pod(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    """The scheduler's message for a refused engine pod, under (namespace, LLMDeployment)."""
+    message = next(
+        c.get("message", "")
+        for c in (body.get("status") or {}).get("conditions") or []
+        if c.get("type") == "PodScheduled"
+    )
+    return {(namespace, body["metadata"]["labels"][LABEL_LLMD]): f"pod {name}: {message}"}
+
+
+@kopf.index("", "v1", "nodes", id="nodes")
+def index_node(body: kopf.Body, **_: Any) -> Any:
+    """Every node's GPU product, GPU count and schedulability."""
+    return {None: node_capacity(body)}
+
+
+def _values(store: Any) -> list[Any]:
+    """A copy of an index store's values, read from a handler thread while Kopf's event loop
+    may update it (a concurrent change is retried)."""
+    for _attempt in range(5):
+        try:
+            return list(store)
+        except RuntimeError:  # changed size during iteration
+            continue
+    return list(store)
+
+
+class IndexedView:
+    """`kube.ClusterView` served from the Kopf indexes a handler receives."""
+
+    def __init__(self, kwargs: Mapping[str, Any]) -> None:
+        self.indexes = kwargs
+
+    def children(self, namespace: str, owner: str) -> list[dict[str, Any]]:
+        """Every child kind of the owner, from memory."""
+        out: list[dict[str, Any]] = []
+        for index_id in CHILD_INDEXES:
+            index = self.indexes.get(index_id)
+            if index is not None and (namespace, owner) in index:
+                out += _values(index[(namespace, owner)])
+        return out
+
+    def refused_pod(self, namespace: str, owner: str) -> str | None:
+        """One refused pod's message, from memory."""
+        index = self.indexes.get("refused_pods")
+        if index is None or (namespace, owner) not in index:
+            return None
+        found = _values(index[(namespace, owner)])
+        return str(found[0]) if found else None
+
+    def node_inventory(self) -> NodeInventory:
+        """The nodes, from memory."""
+        index = self.indexes.get("nodes")
+        nodes = _values(index[None]) if index is not None and None in index else []
+        return inventory_of(nodes)
+
+
 # Children the operator owns: a change (a manual edit, the controller updating status, a
 # deletion) reconciles the owner at once, so drift is reverted and readiness tracked
 # without polling; the `drift` timer is only a safety net.
@@ -343,10 +463,10 @@ def _autoscale_locked(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
     "", "v1", "pods", id="refused-pods", labels={LABEL_LLMD: kopf.PRESENT}, when=_pod_refused
 )
 def child_changed(
-    type: str | None, body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any
+    type: str | None, body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any
 ) -> None:
     """A child of an LLMDeployment changed: reconcile the LLMDeployment."""
-    _child_changed(type, body, memo, logger)
+    _child_changed(type, body, memo, logger, IndexedView(kwargs))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", timeout=600, retries=None, backoff=5)
@@ -354,9 +474,9 @@ def child_changed(
 @kopf.on.update(
     GROUP, VERSION, PLURAL, id="reconcile", field="spec", timeout=600, retries=None, backoff=5
 )
-def reconcile(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+def reconcile(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
     """Create, update and resume: one idempotent reconcile."""
-    _reconcile(body, memo, logger)
+    _reconcile(body, memo, logger, IndexedView(kwargs))
 
 
 @kopf.timer(
@@ -368,11 +488,11 @@ def reconcile(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     initial_delay=SETTINGS.reconcile_interval_s,
     sharp=False,
 )
-def drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+def drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
     """The safety net: a full pass every LLM_OPERATOR_RECONCILE_INTERVAL (child changes are
     handled as they happen by `child_changed`)."""
     try:
-        _reconcile(body, memo, logger)
+        _reconcile(body, memo, logger, IndexedView(kwargs))
     except kopf.PermanentError:
         return  # already reported in status; nothing to retry until the spec changes
 
@@ -387,8 +507,8 @@ def drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     sharp=False,
     timeout=max(30.0, 6 * SETTINGS.query_timeout_s),
 )
-def autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+def autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
     """Replicas from observed tokens/s (only with LLM_OPERATOR_PROMETHEUS_URL set)."""
     if memo.prometheus is None:
         return
-    _autoscale(body, memo, logger)
+    _autoscale(body, memo, logger, IndexedView(kwargs))

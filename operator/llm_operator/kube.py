@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -32,6 +32,7 @@ from llm_operator.settings import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
 
+SECRET_TTL_S = 30.0
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
@@ -49,6 +50,24 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
 )
 
 
+class ClusterView(Protocol):
+    """What a reconcile pass reads about the cluster besides the LLMDeployment itself.
+
+    The operator serves it from watch-fed in-memory indexes (handlers.IndexedView: Kopf
+    indexes, filled before any handler runs), so a pass costs no LIST call; `ListingView`
+    reads the same through the API, for tools and tests.
+    """
+
+    def children(self, namespace: str, owner: str) -> list[dict[str, Any]]:
+        """The LLMDeployment's children (every kind in CHILD_KINDS), as the API has them."""
+
+    def refused_pod(self, namespace: str, owner: str) -> str | None:
+        """The scheduler's message for one of its pods it refused, if any."""
+
+    def node_inventory(self) -> NodeInventory:
+        """What the cluster's schedulable nodes offer."""
+
+
 @dataclass(frozen=True)
 class NodeInventory:
     """What the cluster's nodes offer.
@@ -61,6 +80,65 @@ class NodeInventory:
 
     gpus_per_node: dict[str, int]
     cpu_nodes: int
+
+
+_DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def trim(obj: Any) -> dict[str, Any]:
+    """What the operator keeps of a child in memory: identity, labels, annotations (but the
+    last-applied copy), owners, deletion mark, spec and status; never managedFields."""
+    meta = obj.get("metadata") or {}
+    kept = {
+        k: meta[k]
+        for k in (
+            "name",
+            "namespace",
+            "uid",
+            "labels",
+            "ownerReferences",
+            "deletionTimestamp",
+            "resourceVersion",
+        )
+        if k in meta
+    }
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if k not in _DROPPED_ANNOTATIONS
+    }
+    if annotations:
+        kept["annotations"] = annotations
+    out: dict[str, Any] = {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": kept,
+    }
+    for key in ("spec", "status"):
+        if key in obj:
+            out[key] = obj[key]
+    return out
+
+
+def node_capacity(node: Any) -> tuple[str | None, int, bool]:
+    """(nvidia.com/gpu.product label, allocatable GPUs, schedulable) of a Node dict."""
+    meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    product = (meta.get("labels") or {}).get(GPU_PRODUCT_LABEL)
+    return product, int(str(allocatable.get(GPU_RESOURCE) or "0")), not spec.get("unschedulable")
+
+
+def inventory_of(nodes: Iterable[tuple[str | None, int, bool]]) -> NodeInventory:
+    """The inventory of nodes given as `node_capacity` tuples."""
+    per_node: dict[str, int] = {}
+    cpu_nodes = 0
+    for product, gpus, schedulable in nodes:
+        if not schedulable:
+            continue
+        if gpus == 0:
+            cpu_nodes += 1
+        elif product:
+            per_node[product] = max(per_node.get(product, 0), gpus)
+    return NodeInventory(per_node, cpu_nodes)
 
 
 def load_config(kubeconfig: str | None = None) -> None:
@@ -100,6 +178,8 @@ class Kube:
         self._inventory_lock = threading.Lock()
         self._resources: dict[tuple[str, str], Any] = {}
         self._discovery_lock = threading.Lock()
+        self._secrets: dict[tuple[str, str], tuple[float, frozenset[str] | None]] = {}
+        self._secrets_lock = threading.Lock()
 
     @cached_property
     def dynamic(self) -> DynamicClient:
@@ -149,20 +229,8 @@ class Kube:
             nodes = client.CoreV1Api(self.api).list_node().items
         except ApiException as err:
             raise _translate(err, "listing nodes") from err
-        per_node: dict[str, int] = {}
-        cpu_nodes = 0
-        for node in nodes:
-            if node.spec and node.spec.unschedulable:
-                continue
-            allocatable = (node.status and node.status.allocatable) or {}
-            labels = (node.metadata and node.metadata.labels) or {}
-            gpus = int(str(allocatable.get(GPU_RESOURCE) or "0"))
-            if gpus == 0:
-                cpu_nodes += 1
-            elif GPU_PRODUCT_LABEL in labels:
-                product = labels[GPU_PRODUCT_LABEL]
-                per_node[product] = max(per_node.get(product, 0), gpus)
-        return NodeInventory(per_node, cpu_nodes)
+        dicts = (self.api.sanitize_for_serialization(n) for n in nodes)  # type: ignore[no-untyped-call]
+        return inventory_of(node_capacity(d) for d in dicts)
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply one object under the operator's field manager.
@@ -259,7 +327,24 @@ class Kube:
             raise _translate(err, f"annotating {obj['kind']} {meta['name']}") from err
 
     def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
-        """The key names of a Secret (never its values); None when it does not exist."""
+        """The key names of a Secret (never its values); None when it does not exist.
+
+        NOTE: cached for `SECRET_TTL_S`: every pass of an object with a token Secret asks,
+        and a Secret created later is seen within that time (the safety pass, or any change
+        of a child, reconciles again).
+        """
+        key = (namespace, name)
+        now = time.monotonic()
+        with self._secrets_lock:
+            hit = self._secrets.get(key)
+            if hit is not None and now - hit[0] < SECRET_TTL_S:
+                return hit[1]
+        keys = self._secret_keys(namespace, name)
+        with self._secrets_lock:
+            self._secrets[key] = (now, keys)
+        return keys
+
+    def _secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
         try:
             secret = client.CoreV1Api(self.api).read_namespaced_secret(name, namespace)
         except ApiException as err:
@@ -309,3 +394,27 @@ class Kube:
                     name = pod.metadata.name if pod.metadata else "?"
                     return f"pod {name}: {c.message}"
         return None
+
+
+class ListingView:
+    """`ClusterView` through the API: one LIST per child kind and pass (tools and tests; the
+    operator uses watch-fed indexes instead)."""
+
+    def __init__(self, kube: Kube, selector_label: str) -> None:
+        self.kube = kube
+        self.label = selector_label
+
+    def children(self, namespace: str, owner: str) -> list[dict[str, Any]]:
+        """Every child kind, listed by the LLMDeployment label."""
+        return [
+            trim(o)
+            for o in self.kube.list_labelled(CHILD_KINDS, namespace, f"{self.label}={owner}")
+        ]
+
+    def refused_pod(self, namespace: str, owner: str) -> str | None:
+        """The scheduler's message for a refused pod of the owner."""
+        return self.kube.pod_unschedulable(namespace, f"{self.label}={owner}")
+
+    def node_inventory(self) -> NodeInventory:
+        """Listed at most once per the Kube's inventory TTL."""
+        return self.kube.node_inventory()

@@ -30,3 +30,8 @@ OBSERVED_TOKENS = Gauge(
     "Output tokens/s observed by the autoscaler",
     ["namespace", "name"],
 )
+IN_FLIGHT = Gauge(
+    "llm_operator_reconciles_in_flight",
+    "Reconcile and autoscaler passes running, and those waiting for their object's lock",
+    ["state"],
+)

@@ -75,6 +75,7 @@ def tick(
     now: float,
     timeout_s: float,
     last_persisted: float | None,
+    observer: metrics.GroupedObserver | None = None,
 ) -> Tick:
     """Observe the load of `llmd`, decide its replicas and build the status to write.
 
@@ -84,6 +85,8 @@ def tick(
         now: Unix time in seconds.
         timeout_s: seconds allowed per Prometheus query.
         last_persisted: when this process last wrote the state annotation (None: never).
+        observer: answers from one grouped query per metric for every LLMDeployment
+            (the operator's); None asks Prometheus through `client` for this one only.
 
     Returns:
         The decision and what to write.
@@ -92,14 +95,14 @@ def tick(
     assert status is not None and status.plan is not None, "tick() needs a planned object"
     plan = status.plan
     meta = llmd.metadata
-    observation = metrics.observe(
-        client,
-        plan.engine,
-        str(meta.get("namespace", "")),
-        str(meta.get("name", "")),
-        timeout_s=timeout_s,
-        tokens_query=llmd.spec.scaling.tokens_per_second_query,
-    )
+    namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+    tokens_query = llmd.spec.scaling.tokens_per_second_query
+    if observer is not None:
+        observation = observer.observe(plan.engine, namespace, name, tokens_query)
+    else:
+        observation = metrics.observe(
+            client, plan.engine, namespace, name, timeout_s=timeout_s, tokens_query=tokens_query
+        )
     current = status.desired_replicas if status.desired_replicas is not None else 0
     state = ScalerState.from_json((meta.get("annotations") or {}).get(STATE_ANNOTATION))
     decision = decide(

@@ -241,13 +241,15 @@ class Launch:
 
 @dataclass(frozen=True)
 class Metrics:
-    """PromQL templates for one engine's own metrics; `$selector` is the label matcher.
+    """PromQL expressions of one engine's own metrics, per pod; `$selector` is the label
+    matcher and `$window` the rate window. The autoscaler aggregates them by
+    (namespace, llmdeployment): sums, and the mean for KV-cache usage.
 
     Attributes:
-        output_tokens_per_second: generated tokens/s summed over the pods.
-        running_requests: requests being generated, summed.
-        waiting_requests: requests queued, summed.
-        kv_cache_usage: mean KV-cache usage 0..1, or None when the engine has no gauge.
+        output_tokens_per_second: generated tokens/s of a pod.
+        running_requests: requests being generated.
+        waiting_requests: requests queued.
+        kv_cache_usage: KV-cache usage 0..1, or None when the engine has no gauge.
     """
 
     output_tokens_per_second: str

@@ -166,10 +166,10 @@ ENGINE = LlamaCpp(
     # llamacpp:kv_cache_usage_ratio was removed upstream (ggml-org/llama.cpp#13660); it is
     # still queried for older builds and is None otherwise.
     metrics=Metrics(
-        output_tokens_per_second=("sum(rate(llamacpp:tokens_predicted_total{$selector}[$window]))"),
-        running_requests="sum(llamacpp:requests_processing{$selector})",
-        waiting_requests="sum(llamacpp:requests_deferred{$selector})",
-        kv_cache_usage="avg(llamacpp:kv_cache_usage_ratio{$selector})",
+        output_tokens_per_second=("rate(llamacpp:tokens_predicted_total{$selector}[$window])"),
+        running_requests="llamacpp:requests_processing{$selector}",
+        waiting_requests="llamacpp:requests_deferred{$selector}",
+        kv_cache_usage="llamacpp:kv_cache_usage_ratio{$selector}",
     ),
     # llama-server needs no root and writes only to the model cache and HOME.
     pod_security="restricted",

@@ -186,9 +186,9 @@ ENGINE = Tgi(
     # tgi_request_generated_tokens (observed when a request ends), gauges tgi_queue_size
     # and tgi_batch_current_size; no KV gauge.
     metrics=Metrics(
-        output_tokens_per_second="sum(rate(tgi_request_generated_tokens_sum{$selector}[$window]))",
-        running_requests="sum(tgi_batch_current_size{$selector})",
-        waiting_requests="sum(tgi_queue_size{$selector})",
+        output_tokens_per_second="rate(tgi_request_generated_tokens_sum{$selector}[$window])",
+        running_requests="tgi_batch_current_size{$selector}",
+        waiting_requests="tgi_queue_size{$selector}",
         kv_cache_usage=None,
     ),
     # NOTE: the image's Python lives under /root (uv's interpreter,

@@ -236,12 +236,12 @@ ENGINE = Vllm(
     # (exposed with _total), gauges vllm:num_requests_running / _waiting and
     # vllm:kv_cache_usage_perc (0..1; vllm:gpu_cache_usage_perc before it).
     metrics=Metrics(
-        output_tokens_per_second="sum(rate(vllm:generation_tokens_total{$selector}[$window]))",
-        running_requests="sum(vllm:num_requests_running{$selector})",
-        waiting_requests="sum(vllm:num_requests_waiting{$selector})",
+        output_tokens_per_second="rate(vllm:generation_tokens_total{$selector}[$window])",
+        running_requests="vllm:num_requests_running{$selector}",
+        waiting_requests="vllm:num_requests_waiting{$selector}",
         # NOTE: `or` keeps whichever of the two names a vLLM version exports.
         kv_cache_usage=(
-            "avg(vllm:kv_cache_usage_perc{$selector} or vllm:gpu_cache_usage_perc{$selector})"
+            "vllm:kv_cache_usage_perc{$selector} or vllm:gpu_cache_usage_perc{$selector}"
         ),
     ),
     # The image installs vLLM system-wide (uv pip install --system, docker/Dockerfile), so

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from llm_operator.kube import CHILD_KINDS, Kube
+from llm_operator.kube import ClusterView, Kube
 from llm_operator.reconcile import diff
 from llm_operator.reconcile.desired import LABEL_LLMD, ChildState, DownloadState, WorkloadState
 
@@ -26,11 +26,10 @@ def _name(obj: dict[str, Any]) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
 
 
-def live_children(kube: Kube, owner: dict[str, Any]) -> dict[diff.Key, dict[str, Any]]:
-    """The owner's children as the API server has them, by identity."""
+def live_children(view: ClusterView, owner: dict[str, Any]) -> dict[diff.Key, dict[str, Any]]:
+    """The owner's children as the cluster view has them, by identity."""
     meta = owner["metadata"]
-    found = kube.list_labelled(CHILD_KINDS, meta["namespace"], f"{LABEL_LLMD}={meta['name']}")
-    return {diff.key(obj): obj for obj in found}
+    return {diff.key(obj): obj for obj in view.children(meta["namespace"], meta["name"])}
 
 
 def missing_secret(kube: Kube, owner: dict[str, Any]) -> str | None:
@@ -57,7 +56,7 @@ def missing_secret(kube: Kube, owner: dict[str, Any]) -> str | None:
 
 
 def child_state(
-    kube: Kube, live: dict[diff.Key, dict[str, Any]], owner: dict[str, Any]
+    kube: Kube, view: ClusterView, live: dict[diff.Key, dict[str, Any]], owner: dict[str, Any]
 ) -> ChildState:
     """The workload children, any scheduling problem and a missing Secret."""
     meta = owner["metadata"]

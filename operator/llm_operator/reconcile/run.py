@@ -18,9 +18,9 @@ from llm_operator.api.v1alpha1 import Architecture, LLMDeployment
 from llm_operator.catalog import Catalog, UnknownNameError
 from llm_operator.catalog.resolve import ConfigError, ResolvedModel
 from llm_operator.errors import InvalidSpecError, TransientError
-from llm_operator.kube import Kube, NodeInventory
+from llm_operator.kube import ClusterView, Kube, ListingView, NodeInventory
 from llm_operator.reconcile import apply
-from llm_operator.reconcile.desired import Desired, Options, desired_state
+from llm_operator.reconcile.desired import LABEL_LLMD, Desired, Options, desired_state
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,12 @@ def reconcile_once(
     body: dict[str, Any],
     options: Options | None = None,
     hub_options: hub.HubOptions | None = None,
+    view: ClusterView | None = None,
 ) -> Outcome:
     """Plan, render, apply and prune one LLMDeployment; return the status to write.
+
+    `view` serves the children, refused pods and nodes (the operator passes its watch-fed
+    indexes, so a pass at rest reads nothing from the API); without it they are listed.
 
     Raises:
         InvalidSpecError: the spec cannot be served as written.
@@ -174,9 +178,10 @@ def reconcile_once(
     """
     llmd = parse(body)
     resolved = resolve_model(kube, llmd, catalog, hub_options)
-    inventory = kube.node_inventory()
-    live = apply.live_children(kube, body)
-    children = apply.child_state(kube, live, body)
+    view = view or ListingView(kube, LABEL_LLMD)
+    inventory = view.node_inventory()
+    live = apply.live_children(view, body)
+    children = apply.child_state(kube, view, live, body)
     desired = desired_state(
         llmd,
         catalog,
