@@ -192,17 +192,13 @@ def test_a_workload_of_another_kind_takes_over_before_the_old_one_goes(
     wait_ready(custom, namespace, name)
     _patch(custom, namespace, name, {"quantization": "fp32"})  # needs several A10G nodes
 
-    lws_api = client.CustomObjectsApi(custom.api_client)
-
-    def lws_exists_with_the_deployment() -> None:
-        lws = lws_api.list_namespaced_custom_object(
-            "leaderworkerset.x-k8s.io", "v1", namespace, "leaderworkersets"
-        )["items"]
-        assert lws, "no LeaderWorkerSet yet"
-        # Make before break: the Deployment still serves when the LWS appears.
-        assert apps.read_namespaced_deployment(name, namespace) is not None
-
-    eventually(lws_exists_with_the_deployment, timeout=60, interval=0.5, description="LWS + old")
+    # Make before break: the operator says it keeps the Deployment until the LWS is ready
+    # (on kwok the group is ready within seconds, so the event is the evidence).
+    eventually(
+        lambda: _reasons(core, namespace, name, "HandingOver") >= 1,
+        timeout=60,
+        description="a HandingOver event",
+    )
     obj = wait_ready(custom, namespace, name, timeout=180)
     assert obj["status"]["plan"]["nodesPerReplica"] > 1
     eventually(
