@@ -145,15 +145,26 @@ def test_missing_token_secret_is_not_ready(
     core.create_namespaced_secret(
         namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="hf"), string_data={"x": "1"})
     )
-    _poke(apps, namespace, name)
+
+    def named(words: str) -> bool:
+        # A child event makes the owner reconcile; the operator caches what it read of a
+        # Secret for 30 s (kube.SECRET_TTL_S), so this may take that long.
+        _poke(apps, namespace, name)
+        return words in missing()
+
     eventually(
-        lambda: "has no key 'token' (it has x)" in missing(),
-        timeout=30,
+        lambda: named("has no key 'token' (it has x)"),
+        timeout=70,
+        interval=3,
         description="the wrong key is named",
     )
     core.patch_namespaced_secret("hf", namespace, {"stringData": {"token": "hf_e2e"}})
-    _poke(apps, namespace, name)
-    wait_ready(custom, namespace, name)
+
+    def ready() -> bool:
+        _poke(apps, namespace, name)
+        return bool(condition(get(custom, namespace, name), "Ready")["status"] == "True")
+
+    eventually(ready, timeout=70, interval=3, description="Ready once the key exists")
 
 
 def test_deleting_mid_reconcile_logs_no_traceback(
