@@ -18,6 +18,10 @@ cluster-down: ## Stop the local cluster and everything it started
 cluster-status: ## Show what of the local cluster runs
 	@$(CLUSTER_SH) status
 
+.PHONY: test-real-node
+test-real-node: $(STAMP) ## Serve SmolLM2 with the real llama-server on the local cluster's real node
+	@$(BIN)/pytest -m real_engine e2e
+
 .PHONY: e2e-kind
 e2e-kind: $(STAMP) ## Run the e2e suite on a kind cluster with kwok GPU nodes (needs Docker)
 	@e2e/kind/run.sh

