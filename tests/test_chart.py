@@ -132,6 +132,12 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "gpu-catalog": {"gpuCatalog": {"content": _custom_catalog()}},
     "privileged-overrides": {"security": {"allowPrivilegedOverrides": True}},
+    "engine-images": {
+        "engineImages": {
+            "vllm-nvidia": "registry.example.com/vllm/vllm-openai:v0.12.0",
+            "llamacpp-cpu": "registry.example.com/llama.cpp:server-b10380",
+        }
+    },
     "existing-gpu-catalog": {"gpuCatalog": {"existingConfigMap": "my-gpu-prices"}},
     "everything": {
         "image": {"digest": "sha256:" + "0" * 64, "pullPolicy": "Always"},
@@ -525,6 +531,17 @@ def test_privileged_overrides_are_refused_unless_the_install_opts_in(
     opted_in = render(helm, values_dir, "privileged-overrides")
     assert not any("podTemplatePatch may not" in m for m in _override_rules(opted_in))
     assert env_of(opted_in)["LLM_OPERATOR_ALLOW_PRIVILEGED_OVERRIDES"] == "true"
+
+
+def test_engine_images_reach_the_operator(helm: str, values_dir: Path) -> None:
+    from llm_operator.settings import parse_images
+
+    env = env_of(render(helm, values_dir, "engine-images"))
+    assert parse_images(env["LLM_OPERATOR_ENGINE_IMAGES"]) == {
+        "llamacpp-cpu": "registry.example.com/llama.cpp:server-b10380",
+        "vllm-nvidia": "registry.example.com/vllm/vllm-openai:v0.12.0",
+    }
+    assert "LLM_OPERATOR_ENGINE_IMAGES" not in env_of(render(helm, values_dir, "defaults"))
 
 
 # --------------------------------------------------------------------------- values schema

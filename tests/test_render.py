@@ -674,3 +674,22 @@ def test_tgi_on_rocm_prefills_a_whole_prompt_at_once(catalog: Catalog) -> None:
     flags = flag_values(c["args"])
     assert int(flags["--max-batch-prefill-tokens"][0]) > int(flags["--max-input-tokens"][0])
     assert c["image"].endswith("-rocm")
+
+
+def test_engine_images_replace_the_upstream_reference(catalog: Catalog) -> None:
+    llmd = make_llmd()
+    chosen = render_for_plan(catalog)
+    mirror = {"vllm-nvidia": "registry.example.com/vllm/vllm-openai:v0.12.0"}
+    objects = render_objects(llmd, chosen, catalog.gpu(chosen.gpu), 1, None, images=mirror)
+    assert engine_container(objects[0])["image"] == mirror["vllm-nvidia"]
+    other = {"llamacpp-cpu": "registry.example.com/llama.cpp:server-b10380"}
+    plain = render_objects(llmd, chosen, catalog.gpu(chosen.gpu), 1, None, images=other)
+    assert engine_container(plain[0])["image"] == "vllm/vllm-openai:v0.12.0"
+
+
+def test_engine_images_setting_names_a_bad_item() -> None:
+    from llm_operator.settings import parse_images
+
+    assert parse_images(" llamacpp-cpu=a:1 , ") == {"llamacpp-cpu": "a:1"}
+    with pytest.raises(ValueError, match="LLM_OPERATOR_ENGINE_IMAGES: 'vllm' is not"):
+        parse_images("vllm")

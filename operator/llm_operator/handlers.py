@@ -48,6 +48,7 @@ SETTINGS = Settings.from_env()
 OPTIONS = Options(
     monitoring=SETTINGS.monitoring,
     allow_privileged_overrides=SETTINGS.allow_privileged_overrides,
+    images=SETTINGS.engine_images,
 )
 HUB = HubOptions(cache_dir=SETTINGS.hub_cache_dir, timeout_s=SETTINGS.hub_timeout_s)
 _locks: dict[str, threading.Lock] = {}

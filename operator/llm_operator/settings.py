@@ -7,11 +7,28 @@ manager and Prometheus). Every variable is prefixed `LLM_OPERATOR_`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 FIELD_MANAGER = "llm-operator"
 ANNOTATION_PREFIX = "serving.llm-operator.io"
+
+
+def parse_images(text: str) -> dict[str, str]:
+    """ "llamacpp-cpu=img:tag,vllm-nvidia=img:tag" -> {"llamacpp-cpu": "img:tag", ...}.
+
+    Raises:
+        ValueError: an item is not key=image.
+    """
+    out: dict[str, str] = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        key, sep, image = item.partition("=")
+        if not sep or not key.strip() or not image.strip():
+            raise ValueError(
+                f"LLM_OPERATOR_ENGINE_IMAGES: {item!r} is not <engine>-<accelerator>=<image>"
+            )
+        out[key.strip()] = image.strip()
+    return out
 
 
 def _path(name: str) -> Path | None:
@@ -38,6 +55,9 @@ class Settings:
         monitoring: render PodMonitors (Prometheus Operator present).
         allow_privileged_overrides: let overrides.podTemplatePatch reach the host or raise
             privileges (the install-time opt-in; docs/security.md).
+        engine_images: "<engine>-<accelerator>" -> image replacing the pinned upstream
+            reference (a registry mirror; the e2e real node's local build), from
+            LLM_OPERATOR_ENGINE_IMAGES="llamacpp-cpu=registry/llama.cpp:server-b10380,...".
         hub_cache_dir: where config.json files read from the Hugging Face Hub are kept
             (huggingface_hub's cache layout); under /tmp, the pod's only writable path.
         hub_timeout_s: timeout of each request to the Hub (HF_ENDPOINT, HF_HUB_OFFLINE
@@ -56,6 +76,7 @@ class Settings:
     peering: str = ""
     monitoring: bool = False
     allow_privileged_overrides: bool = False
+    engine_images: dict[str, str] = field(default_factory=dict)
     hub_cache_dir: Path = Path("/tmp/llm-operator/hub")
     hub_timeout_s: float = 10.0
 
@@ -78,6 +99,7 @@ class Settings:
             allow_privileged_overrides=(
                 env("LLM_OPERATOR_ALLOW_PRIVILEGED_OVERRIDES", "false").lower() == "true"
             ),
+            engine_images=parse_images(env("LLM_OPERATOR_ENGINE_IMAGES", "")),
             hub_cache_dir=_path("LLM_OPERATOR_HUB_CACHE") or Path("/tmp/llm-operator/hub"),
             hub_timeout_s=float(env("LLM_OPERATOR_HUB_TIMEOUT", "10")),
         )

@@ -99,3 +99,14 @@ Refuse value combinations that cannot work, with a message naming the values to 
 {{- fail "serviceMonitor.enabled=true needs metrics.service=true (the ServiceMonitor selects that Service)" }}
 {{- end }}
 {{- end }}
+
+{{/*
+engineImages as the operator reads them: "key=image,key=image", keys sorted.
+*/}}
+{{- define "llm-operator.engineImages" -}}
+{{- $items := list }}
+{{- range $key := keys . | sortAlpha }}
+{{- $items = append $items (printf "%s=%s" $key (index $ $key)) }}
+{{- end }}
+{{- join "," $items }}
+{{- end }}

@@ -39,10 +39,13 @@ class Options:
         monitoring: render a PodMonitor per LLMDeployment.
         allow_privileged_overrides: the opt-in that lets overrides.podTemplatePatch reach the
             host or raise privileges (LLM_OPERATOR_ALLOW_PRIVILEGED_OVERRIDES).
+        images: engine images replacing the pinned upstream references
+            (LLM_OPERATOR_ENGINE_IMAGES; render.image_for).
     """
 
     monitoring: bool = False
     allow_privileged_overrides: bool = False
+    images: Mapping[str, str] = field(default_factory=dict)
 
 
 def _split_field(message: str) -> tuple[str, str]:
@@ -292,6 +295,7 @@ def desired_state(
             entry,
             monitoring=options.monitoring,
             allow_privileged_overrides=options.allow_privileged_overrides,
+            images=options.images,
         )
     except RenderError as err:
         raise InvalidSpecError(*_split_field(str(err))) from err

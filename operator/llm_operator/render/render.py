@@ -102,7 +102,13 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _render(template: str, **ctx: Any) -> Any:
-    return yaml.load(_ENV.get_template(template).render(**ctx), Loader=_LOADER)
+    text = _ENV.get_template(template).render(**ctx)
+    try:
+        return yaml.load(text, Loader=_LOADER)
+    except yaml.YAMLError:
+        # NOTE: libyaml refuses the surrogate-pair escapes json.dumps writes for characters
+        # beyond the BMP (an emoji in a user's env value); the pure-Python parser reads them.
+        return yaml.safe_load(text)
 
 
 def labels_for(name: str, engine: str) -> dict[str, str]:
@@ -169,12 +175,19 @@ def _cpu_threads(gpu: GpuType) -> int:
     return 8
 
 
-def image_for(engine: str, gpu: GpuType) -> str:
+def image_for(engine: str, gpu: GpuType, images: Mapping[str, str] | None = None) -> str:
     """The pinned image of an engine for a device kind (CPU, NVIDIA or AMD).
+
+    `images` ("<engine>-<accelerator>" -> image, the operator's LLM_OPERATOR_ENGINE_IMAGES)
+    replaces the upstream reference, e.g. with a mirror in a private registry or the
+    locally built image of the e2e cluster's real node; it must be the same engine build.
 
     Raises:
         RenderError: the engine has no image for that accelerator.
     """
+    override = (images or {}).get(f"{engine}-{gpu.accelerator}")
+    if override:
+        return override
     try:
         return engines.get(engine).image(gpu.accelerator)
     except KeyError:
@@ -300,6 +313,7 @@ def _context(
     replicas: int,
     model: ModelEntry | None,
     monitoring: bool,
+    images: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     name = str(llmd.metadata.get("name") or "")
     if not name:
@@ -404,7 +418,7 @@ def _context(
         "shared_cache": shared,
         "download_env": download_env,
         "args": engine.args(launch),
-        "image": image_for(engine.name, gpu),
+        "image": image_for(engine.name, gpu, images),
         "resources": resources,
         "env": sorted(env, key=lambda e: str(e["name"])),
         "shm_size": _gib(max(1, 2 * plan.tensor_parallel) if not cpu else 1),
@@ -526,6 +540,7 @@ def render_objects(
     *,
     monitoring: bool = False,
     allow_privileged_overrides: bool = False,
+    images: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The child objects that serve an LLMDeployment under a plan.
 
@@ -539,6 +554,7 @@ def render_objects(
         monitoring: also render a PodMonitor (prometheus-operator).
         allow_privileged_overrides: the operator-level opt-in that lets
             `overrides.podTemplatePatch` reach the host or raise privileges.
+        images: image references replacing the pinned upstream ones (see `image_for`).
 
     Returns:
         Objects in apply order: the workload (Deployment, or LeaderWorkerSet when a
@@ -555,7 +571,7 @@ def render_objects(
         refused = security.violations(llmd.spec.overrides.pod_template_patch)
         if refused:
             raise RenderError(f"spec.overrides.podTemplatePatch: {'; '.join(refused)}")
-    ctx = _context(llmd, plan, gpu, replicas, model, monitoring)
+    ctx = _context(llmd, plan, gpu, replicas, model, monitoring, images)
     objects: list[dict[str, Any]] = []
     if ctx["multinode"]:
         leader = _pod_template(ctx, "leader")
