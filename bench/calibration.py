@@ -2,8 +2,9 @@
 
 `python bench/calibration.py` prints, per row, the planner's prediction and its error, and
 the median |error| per metric, with the reference efficiencies in
-`llm_operator.planner.engines`. `--fit` grid-searches those efficiencies and prints the
-best set (paste them into engines.REFERENCE; docs/planner.md records the fit).
+`llm_operator.engines.vllm.REFERENCE`. `--fit` grid-searches those efficiencies and
+prints the best set (docs/planner.md records the fit). The engines the operator deploys
+are calibrated by bench/calibrate_engines.py.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from llm_operator.catalog import GIB, Catalog, UnknownNameError, load_catalog
+from llm_operator.engines import Efficiency
+from llm_operator.engines.vllm import ENGINE as VLLM
+from llm_operator.engines.vllm import REFERENCE
 from llm_operator.planner import memory, timing
-from llm_operator.planner.engines import REFERENCE, VLLM, Efficiency
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = ROOT.parent / "shared" / "calibration" / "measured.csv"

@@ -173,11 +173,22 @@ def test_throughput_grows_and_latency_worsens_with_batch(
 ) -> None:
     arch = catalog.model("llama-3.1-8b").architecture
     layout = timing.Layout(arch, catalog.gpu("H100"), "bf16", 1, 1, 131072, VLLM.efficiency)
-    for chunk in (None, 2048, 8192):  # one prompt at a time, and vLLM's two budgets
+    for chunk in (2048, 8192):  # vLLM's two budgets
         small = timing.predict(layout, input_tokens, 256, batch, chunk)
         large = timing.predict(layout, input_tokens, 256, batch + extra, chunk)
-        assert large.output_tokens_per_second >= small.output_tokens_per_second * 0.999
+        # While the budget takes every prompt next to the decodes, more streams mean more
+        # tokens; past that, decodes crowd the prompts out and throughput can fall.
+        room = chunk - (batch + extra - 1)
+        if (batch + extra) * input_tokens <= room * 255:
+            assert large.output_tokens_per_second >= small.output_tokens_per_second * 0.999
         assert large.tpot_ms >= small.tpot_ms
+        assert large.ttft_p95_ms >= small.ttft_p95_ms
+        assert large.tpot_p95_ms >= small.tpot_p95_ms
+    # One whole prompt per step: latency still worsens with batch (throughput can level
+    # off once the batch outnumbers the reply's tokens: every prompt needs its own step).
+    small = timing.predict(layout, input_tokens, 256, batch)
+    large = timing.predict(layout, input_tokens, 256, batch + extra)
+    assert large.tpot_ms >= small.tpot_ms
 
 
 def test_a_cycles_prompts_are_prefilled_in_chunks(catalog: Catalog) -> None:
@@ -187,12 +198,14 @@ def test_a_cycles_prompts_are_prefilled_in_chunks(catalog: Catalog) -> None:
     alone = timing.predict(layout, 128, 128, 768)
     chunked = timing.predict(layout, 128, 128, 768, chunk_tokens=8192)
     assert chunked.output_tokens_per_second > 1.3 * alone.output_tokens_per_second
-    assert chunked.ttft_ms == alone.ttft_ms  # one request's first token is the same work
+    assert chunked.prefill_ms == alone.prefill_ms  # on an idle replica, the same work
+    # Under load, prompts share the budget's steps instead of queueing one per step.
+    assert chunked.ttft_ms < alone.ttft_ms
     # Long prompts are compute-bound: chunking them changes little.
     long_alone = timing.predict(layout, 8192, 128, 8)
     long_chunked = timing.predict(layout, 8192, 128, 8, chunk_tokens=8192)
     ratio = long_chunked.output_tokens_per_second / long_alone.output_tokens_per_second
-    assert 1.0 <= ratio < 1.1
+    assert 0.99 <= ratio < 1.1  # an 8192-token prompt beside 7 decodes takes two chunks
 
 
 def test_near_equal_cost_goes_to_fewer_gpus(catalog: Catalog) -> None:

@@ -38,6 +38,18 @@ class Efficiency:
         request_overhead_ms: per-request fixed cost before the first token (tokenise,
             schedule, return).
         allreduce_latency_us: latency of one all-reduce over the GPU interconnect.
+        sequence_overhead_us: host cost per running sequence per step in the engine's own
+            loop (scheduling, input preparation, sampling), in series with the device.
+        stream_overhead_us: host cost per running sequence per step of turning tokens into
+            response streams (detokenising, sending), done by another process while the
+            device runs: a step lasts at least this times the sequences.
+        layer_overhead_us: kernel launch cost per layer per step, for an engine that runs
+            its layers without CUDA graphs.
+        admission_ms: host time to admit one request (parse, chat template, tokenise),
+            spent one request at a time: requests that arrive together queue for it.
+        moe_half_width: the per-GPU expert width (intermediate size / TP) at which MoE
+            expert layers reach half the dense efficiencies: grouped GEMMs over narrow
+            experts fill the GPU's tiles poorly (efficiency width / (width + this)).
     """
 
     bandwidth: float
@@ -45,6 +57,11 @@ class Efficiency:
     step_overhead_ms: float
     request_overhead_ms: float
     allreduce_latency_us: float
+    sequence_overhead_us: float = 0.0
+    stream_overhead_us: float = 0.0
+    layer_overhead_us: float = 0.0
+    admission_ms: float = 0.0
+    moe_half_width: float = 0.0
 
 
 @dataclass(frozen=True)

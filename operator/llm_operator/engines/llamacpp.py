@@ -155,12 +155,17 @@ ENGINE = LlamaCpp(
     memory=EngineMemory(
         utilization=0.95, batched_tokens=512, non_torch_gib=0.4, comm_buffer_gib=0.0
     ),
+    # Fitted by bench/calibrate_engines.py on bench/data/engine_measurements.csv
+    # (llama-bench tg/pp rows of S2 on L40S, A100 PCIe/SXM and H100 PCIe, builds
+    # b2834-b2843, and S8 on CPUs), rounded: single streams, so the per-request costs are
+    # the reference's, not fitted. docs/planner.md gives the fit and its errors.
     efficiency=Efficiency(
-        bandwidth=REFERENCE.bandwidth * 0.8,
-        compute=REFERENCE.compute * 0.5,
-        step_overhead_ms=REFERENCE.step_overhead_ms,
+        bandwidth=0.71,
+        compute=0.32,
+        step_overhead_ms=1.9,
         request_overhead_ms=REFERENCE.request_overhead_ms,
         allreduce_latency_us=REFERENCE.allreduce_latency_us,
+        layer_overhead_us=67.0,
     ),
     # NOTE: the planner keeps llama.cpp to one device per replica; its layer split over
     # several GPUs runs them one after another and gains no throughput.

@@ -12,13 +12,13 @@ registry in `engines/__init__.py`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from llm_operator.engines.base import (
     Accelerator,
     Ask,
     Capabilities,
-    Efficiency,
     Engine,
     EngineMemory,
     Launch,
@@ -28,7 +28,7 @@ from llm_operator.engines.base import (
     flatten,
     sorted_env,
 )
-from llm_operator.engines.vllm import REFERENCE
+from llm_operator.engines.vllm import ENGINE as VLLM
 
 VERSION = "3.3.6"
 SOURCE = "huggingface/text-generation-inference@v3.3.6"
@@ -174,13 +174,11 @@ ENGINE = Tgi(
     memory=EngineMemory(
         utilization=0.95, batched_tokens=4096, non_torch_gib=0.5, comm_buffer_gib=0.5
     ),
-    efficiency=Efficiency(
-        bandwidth=REFERENCE.bandwidth * 0.85,
-        compute=REFERENCE.compute * 0.85,
-        step_overhead_ms=REFERENCE.step_overhead_ms * 2,
-        request_overhead_ms=REFERENCE.request_overhead_ms * 2,
-        allreduce_latency_us=REFERENCE.allreduce_latency_us,
-    ),
+    # Fitted by bench/calibrate_engines.py on bench/data/engine_measurements.csv: TGI's
+    # rows (S3 wall times of k6 runs, S9 prefill steps on an A100) measure prefill, so only
+    # the compute efficiency is TGI's own; the rest is vLLM's fit (an assumption: no row
+    # measures TGI's decode step, host costs or request overhead). docs/planner.md.
+    efficiency=replace(VLLM.efficiency, compute=0.88),
     max_sequences=512,
     # router/src/server.rs and backends/v3/src/{queue,backend}.rs: histogram
     # tgi_request_generated_tokens (observed when a request ends), gauges tgi_queue_size

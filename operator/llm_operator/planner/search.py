@@ -219,14 +219,16 @@ def _largest_batch(
 ) -> tuple[int, timing.Timing, str | None]:
     """Largest batch <= limit that meets the SLOs (predictions worsen with batch).
 
-    `chunk_tokens` is the engine's prefill chunk (the batched-token budget it runs with).
+    The SLOs are 95th percentiles (`slo.ttftMsP95`, `slo.tpotMsP95`), so they are compared
+    with the p95 estimates at that load, not the means. `chunk_tokens` is the engine's
+    prefill chunk (the batched-token budget it runs with).
     """
 
     def misses(t: timing.Timing) -> str | None:
-        if req.ttft_ms is not None and t.ttft_ms > req.ttft_ms:
-            return f"TTFT {t.ttft_ms:.0f} ms > SLO {req.ttft_ms:.0f} ms"
-        if req.tpot_ms is not None and t.tpot_ms > req.tpot_ms:
-            return f"TPOT {t.tpot_ms:.1f} ms > SLO {req.tpot_ms:.1f} ms"
+        if req.ttft_ms is not None and t.ttft_p95_ms > req.ttft_ms:
+            return f"TTFT p95 {t.ttft_p95_ms:.0f} ms > SLO {req.ttft_ms:.0f} ms"
+        if req.tpot_ms is not None and t.tpot_p95_ms > req.tpot_ms:
+            return f"TPOT p95 {t.tpot_p95_ms:.1f} ms > SLO {req.tpot_ms:.1f} ms"
         return None
 
     def at(batch: int) -> timing.Timing:
