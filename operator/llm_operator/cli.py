@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from llm_operator import engines, hub
+from llm_operator import engines
 from llm_operator.api import crd as crd_gen
 from llm_operator.api.v1alpha1 import (
     ENGINES,
@@ -113,6 +113,10 @@ def resolve_model(
     Raises:
         UsageError: naming the flag, the closest catalog names and the Hub's answer.
     """
+    # NOTE: imported here: huggingface_hub is most of `llmctl`'s start-up, and a catalog
+    # model needs none of it.
+    from llm_operator import hub
+
     if model_config is not None:
         if not model_config.exists():
             raise UsageError(f"--model-config {model_config}: no such file")

@@ -36,7 +36,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gguf import Keys, LlamaFileType
 from pydantic import ValidationError
 
 from llm_operator.api.v1alpha1 import Architecture, QuantizationConfig
@@ -124,17 +123,26 @@ FOUR_NORMS = frozenset({"gemma2", "gemma3_text"})
 
 # GGUF general.file_type (ggml's `LlamaFileType`) -> the GGUF quantizations this project
 # plans for (api.v1alpha1.GGUF_QUANTIZATIONS, plus 16/32-bit files).
-GGUF_FILE_TYPES: dict[int, str] = {
-    LlamaFileType.ALL_F32: "fp32",
-    LlamaFileType.MOSTLY_F16: "fp16",
-    LlamaFileType.MOSTLY_BF16: "bf16",
-    LlamaFileType.MOSTLY_Q4_0: "q4_0",
-    LlamaFileType.MOSTLY_Q4_1: "q4_1",
-    LlamaFileType.MOSTLY_Q8_0: "q8_0",
-    LlamaFileType.MOSTLY_Q4_K_M: "q4_k_m",
-    LlamaFileType.MOSTLY_Q5_K_M: "q5_k_m",
-    LlamaFileType.MOSTLY_Q6_K: "q6_k",
+# NOTE: the gguf package is imported when a GGUF header is read, not with this module: it
+# pulls in numpy, a sixth of `llmctl`'s start-up.
+GGUF_FILE_TYPE_NAMES: dict[str, str] = {
+    "ALL_F32": "fp32",
+    "MOSTLY_F16": "fp16",
+    "MOSTLY_BF16": "bf16",
+    "MOSTLY_Q4_0": "q4_0",
+    "MOSTLY_Q4_1": "q4_1",
+    "MOSTLY_Q8_0": "q8_0",
+    "MOSTLY_Q4_K_M": "q4_k_m",
+    "MOSTLY_Q5_K_M": "q5_k_m",
+    "MOSTLY_Q6_K": "q6_k",
 }
+
+
+def gguf_file_types() -> dict[int, str]:
+    """general.file_type value -> quantization name, from ggml's own `LlamaFileType`."""
+    from gguf import LlamaFileType
+
+    return {int(LlamaFileType[name]): q for name, q in GGUF_FILE_TYPE_NAMES.items()}
 
 
 class ConfigError(ValueError):
@@ -527,6 +535,8 @@ def architecture_from_gguf(header: GgufHeader, origin: str = "GGUF file") -> Res
     Raises:
         ConfigError: a key is missing, or the file type is not one the planner sizes.
     """
+    from gguf import Keys, LlamaFileType  # see GGUF_FILE_TYPE_NAMES
+
     meta = header.metadata
     arch = meta.get(Keys.General.ARCHITECTURE)
     if not isinstance(arch, str) or not arch:
@@ -578,7 +588,8 @@ def architecture_from_gguf(header: GgufHeader, origin: str = "GGUF file") -> Res
     file_type = _gguf_int(meta.get(Keys.General.FILE_TYPE))
     if file_type is None:
         raise ConfigError(f"{origin} has no {Keys.General.FILE_TYPE}: set spec.quantization")
-    quantization = GGUF_FILE_TYPES.get(file_type)
+    file_types = gguf_file_types()
+    quantization = file_types.get(file_type)
     if quantization is None:
         try:
             name = LlamaFileType(file_type).name
@@ -586,7 +597,7 @@ def architecture_from_gguf(header: GgufHeader, origin: str = "GGUF file") -> Res
             name = str(file_type)
         raise ConfigError(
             f"{origin} stores its weights as {name}, not a GGUF type the planner sizes "
-            f"({', '.join(sorted(set(GGUF_FILE_TYPES.values())))}): use one of those files"
+            f"({', '.join(sorted(set(file_types.values())))}): use one of those files"
         )
 
     # llama.cpp keeps a window-sized KV cache for the sliding-window layers of its iSWA
