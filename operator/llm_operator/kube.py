@@ -344,13 +344,19 @@ class Kube:
             self._secrets[key] = (now, keys)
         return keys
 
-    def _secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+    def _read_secret(self, namespace: str, name: str) -> Any:
+        """A Secret, or None when it does not exist."""
         try:
-            secret = client.CoreV1Api(self.api).read_namespaced_secret(name, namespace)
+            return client.CoreV1Api(self.api).read_namespaced_secret(name, namespace)
         except ApiException as err:
             if err.status == 404:
                 return None
             raise _translate(err, f"reading Secret {namespace}/{name}") from err
+
+    def _secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        secret = self._read_secret(namespace, name)
+        if secret is None:
+            return None
         return frozenset((secret.data or {}).keys()) | frozenset((secret.string_data or {}).keys())
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
@@ -360,12 +366,9 @@ class Kube:
         NOTE: the value is returned to the caller only: never logged, never put in an error
         message, an event or the status.
         """
-        try:
-            secret = client.CoreV1Api(self.api).read_namespaced_secret(name, namespace)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise _translate(err, f"reading Secret {namespace}/{name}") from err
+        secret = self._read_secret(namespace, name)
+        if secret is None:
+            return None
         encoded = (secret.data or {}).get(key)
         if encoded is None:
             plain = (secret.string_data or {}).get(key)

@@ -133,6 +133,19 @@ def _queries(engine: str, matcher: str) -> EngineQueries:
     )
 
 
+def _run(client: QueryClient, query: str, timeout_s: float) -> Any:
+    """One instant query with its timeout (client side and Prometheus's own); the raw result.
+
+    Raises:
+        MetricsError: the request failed or timed out (a sentence for a person).
+    """
+    seconds = _whole_seconds(timeout_s)
+    try:
+        return client.custom_query(query, params={"timeout": f"{seconds}s"}, timeout=seconds)
+    except (requests.RequestException, PrometheusApiClientException) as exc:
+        raise MetricsError(describe_failure(exc, getattr(client, "url", None), seconds)) from exc
+
+
 def query_scalar(client: QueryClient, query: str, timeout_s: float) -> float | None:
     """Run one instant query and sum its samples.
 
@@ -147,11 +160,7 @@ def query_scalar(client: QueryClient, query: str, timeout_s: float) -> float | N
     Raises:
         MetricsError: when the request fails, times out or returns something malformed.
     """
-    seconds = _whole_seconds(timeout_s)
-    try:
-        result = client.custom_query(query, params={"timeout": f"{seconds}s"}, timeout=seconds)
-    except (requests.RequestException, PrometheusApiClientException) as exc:
-        raise MetricsError(describe_failure(exc, getattr(client, "url", None), seconds)) from exc
+    result = _run(client, query, timeout_s)
     try:
         values = [float(sample["value"][1]) for sample in _samples(result)]
     except (KeyError, IndexError, TypeError, ValueError) as exc:
@@ -226,11 +235,7 @@ def query_by_llmdeployment(
     Raises:
         MetricsError: when the request fails, times out or returns something malformed.
     """
-    seconds = _whole_seconds(timeout_s)
-    try:
-        result = client.custom_query(query, params={"timeout": f"{seconds}s"}, timeout=seconds)
-    except (requests.RequestException, PrometheusApiClientException) as exc:
-        raise MetricsError(describe_failure(exc, getattr(client, "url", None), seconds)) from exc
+    result = _run(client, query, timeout_s)
     out: dict[tuple[str, str], float] = {}
     try:
         for sample in _samples(result):
