@@ -199,8 +199,19 @@ def main() -> int:
         }
         changed = sum(1 for n, v in versions.items() if after.get(n) != v)
     finally:
-        op.stop()
+        # NOTE: delete while the operator still runs: it removes its finalizer from each
+        # LLMDeployment; stopped first, the namespace would hang in Terminating.
         core.delete_namespace(NAMESPACE)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                core.read_namespace(NAMESPACE)
+            except client.exceptions.ApiException as err:
+                if err.status == 404:
+                    break
+                raise
+            time.sleep(2)
+        op.stop()
         for node in bench_nodes:
             core.delete_node(node["metadata"]["name"])
 
