@@ -6,14 +6,22 @@
   ``E2E_KUBECONFIG`` is set (kind, a real cluster), uses that cluster and starts only the
   engine simulator + Prometheus locally (unless ``E2E_PROMETHEUS_URL`` and
   ``E2E_SIM_URL`` point at running ones).
-* ``crds`` installs crds/*.yaml; ``namespace`` is a fresh namespace per test, deleted after.
+* On the local cluster, ``cluster`` first removes what ``make demo`` left running (the
+  namespace ``demo``: its LLMDeployments hold kwok GPU capacity and the real node's CPU and
+  model volume that the tests need), saying so on the terminal.
+* ``crds`` installs crds/*.yaml; ``namespace`` is a fresh namespace per test and
+  ``module_namespace`` one per test module, deleted after.
+* ``real_node`` is the local cluster's real node (skips where there is none).
 * A failed e2e test gets a dump of nodes, pods, events and LLMDeployments in its report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +32,9 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from helpers import GROUP, PLURAL, VERSION, Cluster, eventually
+from helpers import GROUP, PLURAL, VERSION, Cluster, clear_load, eventually
 from operator_proc import OperatorProcess, token_kubeconfig
+from realnode import NODE_NAME, free_model_pv
 
 E2E_DIR = Path(__file__).resolve().parent
 REPO = E2E_DIR.parent
@@ -36,6 +45,8 @@ STATE_DIR = Path(os.environ.get("E2E_STATE_DIR", E2E_DIR / ".state"))
 _api_key = pytest.StashKey[client.ApiClient]()
 _ns_key = pytest.StashKey[str]()
 _operator_key = pytest.StashKey[OperatorProcess]()
+_module_ns_key = pytest.StashKey[dict[str, str]]()
+DEMO_NAMESPACE = "demo"  # e2e/demo.py
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -81,12 +92,75 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
             raise RuntimeError("e2e/cluster/cluster.sh up failed (see the output above)")
     api = config.new_client_from_config(config_file=kubeconfig)
     request.config.stash[_api_key] = api
+    if not external:
+        _clear_demo(request.config, api, sim_url)
     try:
         yield Cluster(kubeconfig, prometheus_url, sim_url, api, local=not external)
     finally:
         api.close()
         if stop and not keep:
             _check(_run(*stop), f"cluster.sh {stop[0]}")
+
+
+def _clear_demo(config: pytest.Config, api: client.ApiClient, sim_url: str) -> None:
+    """Delete the namespace `make demo` leaves running, and wait until it is gone.
+
+    NOTE: its LLMDeployments hold most of the kwok GPU nodes and the real node's CPU and
+    model volume, and the tests' operator would reconcile and autoscale them (the demo's
+    simulated load included). The tests bring no capacity of their own: they expect the
+    cluster of e2e/cluster/nodes.yaml, so the demo makes way. `make demo` creates it again.
+    """
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    try:
+        core.read_namespace(DEMO_NAMESPACE)
+    except ApiException as exc:
+        if exc.status == 404:
+            return
+        raise
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    note = (
+        f"e2e: deleting namespace {DEMO_NAMESPACE} (left by make demo) so that the tests get "
+        "the cluster's GPU nodes and the real node; make demo creates it again"
+    )
+    if reporter is not None:
+        reporter.write_line(note, yellow=True)
+    try:
+        llmds = custom.list_namespaced_custom_object(GROUP, VERSION, DEMO_NAMESPACE, PLURAL)
+    except ApiException as exc:  # no CRD yet
+        if exc.status != 404:
+            raise
+        llmds = {"items": []}
+    for obj in llmds["items"]:
+        name = obj["metadata"]["name"]
+        with contextlib.suppress(OSError, ValueError):  # no simulator, or no load for it
+            clear_load(sim_url, DEMO_NAMESPACE, name)
+        # The demo's operator is gone: nothing would remove Kopf's finalizer.
+        if obj["metadata"].get("finalizers"):
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, DEMO_NAMESPACE, PLURAL, name, {"metadata": {"finalizers": None}}
+            )
+    try:
+        core.delete_namespace(DEMO_NAMESPACE, propagation_policy="Background")
+    except ApiException as exc:
+        if exc.status not in (404, 409):  # gone, or already terminating
+            raise
+
+    def gone() -> bool:
+        try:
+            core.read_namespace(DEMO_NAMESPACE)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return False
+
+    start = time.monotonic()
+    eventually(gone, timeout=180, interval=1, description=f"namespace {DEMO_NAMESPACE} deleted")
+    free_model_pv(core)
+    if reporter is not None:
+        reporter.write_line(
+            f"e2e: namespace {DEMO_NAMESPACE} gone ({time.monotonic() - start:.0f}s)"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +183,14 @@ def prometheus(cluster: Cluster) -> Any:
     from prometheus_api_client import PrometheusConnect
 
     prom = PrometheusConnect(url=cluster.prometheus_url, disable_ssl=True)
-    eventually(prom.check_prometheus_connection, timeout=30, description="prometheus is up")
+
+    # NOTE: not prom.check_prometheus_connection(): it asks for "/", the web UI, which the
+    # e2e build of Prometheus leaves out (e2e/cluster/tools.sh); /-/ready is the API's.
+    def ready() -> bool:
+        with urllib.request.urlopen(f"{cluster.prometheus_url}/-/ready", timeout=5) as resp:
+            return resp.status == 200
+
+    eventually(ready, timeout=30, retry_on=(AssertionError, OSError), description="prometheus")
     return prom
 
 
@@ -188,9 +269,7 @@ def operator(operator_process: OperatorProcess) -> OperatorProcess:
     return operator_process
 
 
-@pytest.fixture
-def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterator[str]:
-    """A fresh namespace for one test, deleted (without waiting) afterwards."""
+def _new_namespace(core: client.CoreV1Api) -> str:
     name = f"e2e-{uuid.uuid4().hex[:10]}"
     core.create_namespace(
         client.V1Namespace(
@@ -203,15 +282,51 @@ def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterato
         timeout=30,
         description=f"default ServiceAccount in {name}",
     )
+    return name
+
+
+def _delete_namespace(core: client.CoreV1Api, name: str) -> None:
+    try:
+        core.delete_namespace(name, propagation_policy="Background")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace for one test, deleted (without waiting) afterwards."""
+    name = _new_namespace(core)
     request.node.stash[_ns_key] = name
     try:
         yield name
     finally:
-        try:
-            core.delete_namespace(name, propagation_policy="Background")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        _delete_namespace(core, name)
+
+
+@pytest.fixture(scope="module")
+def module_namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace shared by the tests of one module (one deployment they all use),
+    deleted (without waiting) after the last of them."""
+    name = _new_namespace(core)
+    request.config.stash.setdefault(_module_ns_key, {})[request.node.nodeid] = name
+    try:
+        yield name
+    finally:
+        _delete_namespace(core, name)
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: Cluster, core: client.CoreV1Api) -> client.V1Node:
+    """The local cluster's real node (e2e/cluster/node.sh); skips where there is none."""
+    if not cluster.local:
+        pytest.skip("the real node belongs to the local cluster (not E2E_KUBECONFIG)")
+    try:
+        return core.read_node(NODE_NAME)
+    except ApiException as exc:
+        if exc.status == 404 and os.environ.get("E2E_REAL_NODE", "1") == "0":
+            pytest.skip("E2E_REAL_NODE=0: the cluster has no real node")
+        raise
 
 
 @pytest.hookimpl(wrapper=True)
@@ -220,8 +335,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and item.get_closest_marker("e2e") is not None:
         api = item.config.stash.get(_api_key, None)
         if api is not None:
+            namespace = item.stash.get(_ns_key, None)
+            if namespace is None and isinstance(item, pytest.Item):
+                module = item.getparent(pytest.Module)
+                modules = item.config.stash.get(_module_ns_key, {})
+                namespace = modules.get(module.nodeid) if module is not None else None
             try:
-                dump = _dump_cluster(api, item.stash.get(_ns_key, None))
+                dump = _dump_cluster(api, namespace)
             except Exception as exc:  # the dump must never hide the failure
                 dump = f"(cluster dump failed: {exc!r})"
             report.sections.append(("cluster state", dump))

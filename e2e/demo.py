@@ -3,9 +3,11 @@
 Brings nothing up itself (the Makefile runs `cluster.sh up` first); installs the CRDs and
 the operator's identity from manifests/install.yaml, runs `llm-operator run` as that
 ServiceAccount with the e2e Prometheus, applies every example into the namespace `demo`,
-shows the plans and where the real scheduler put the pods, then offers load through the
-engine simulator and shows the autoscaler scale up within the budget. The cluster stays
-up afterwards for exploring (`make cluster-down` stops it).
+shows the plans and where the real scheduler put the pods, then serves a real model on
+the real node (SmolLM2 planned from its GGUF header; one request answered, measured vs
+predicted latency printed), then offers load through the engine simulator and shows the
+autoscaler scale up within the budget. The cluster stays up afterwards for exploring
+(`make cluster-down` stops it; `make test` deletes the namespace `demo` first).
 """
 
 from __future__ import annotations
@@ -19,17 +21,34 @@ from typing import Any
 
 import yaml
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 # The e2e helpers and the chart renderer are plain modules of this checkout.
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+sys.path[:0] = [
+    str(Path(__file__).resolve().parent),
+    str(Path(__file__).resolve().parents[1]),
+    str(Path(__file__).resolve().parents[1] / "bench"),
+]
 
 from helpers import GROUP, PLURAL, VERSION, kubectl, set_load  # noqa: E402
 from operator_proc import OperatorProcess, apply_all, token_kubeconfig  # noqa: E402
+from realnode import (  # noqa: E402
+    MODEL_PV,
+    MODEL_STORAGE_CLASS,
+    NODE_NAME,
+    chat,
+    free_model_pv,
+    pins,
+    resolve_gguf,
+    service_url,
+    smollm2,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("E2E_STATE_DIR", REPO / "e2e" / ".state"))
 NAMESPACE = "demo"
 SCALED = "llama-3-1-8b"  # the example the load goes to
+REAL = "smollm2"  # the LLMDeployment on the real node
 
 
 def say(text: str) -> None:
@@ -142,6 +161,8 @@ def run(
     obj = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, SCALED)
     print(yaml.safe_dump({"status": obj.get("status")}, sort_keys=False))
 
+    real_model(api, core, custom, kubeconfig)
+
     per_replica = float(obj["status"]["plan"]["outputTokensPerSecond"])
     budget = obj["spec"].get("budget", {}).get("maxCostPerHour")
     offered = per_replica * 6
@@ -168,6 +189,93 @@ def run(
     for c in obj.get("status", {}).get("conditions", []):
         print(f"  {c['type']:17} {c['status']:6} {c['reason']}: {c.get('message', '')}")
     return 0
+
+
+def real_model(
+    api: client.ApiClient,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    kubeconfig: str,
+) -> None:
+    """SmolLM2 on the real node: planned from its GGUF header, one request, measured vs
+    predicted. One replica at most, so the demo never holds more than one of the node's
+    cores (the tests need the other)."""
+    try:
+        core.read_node(NODE_NAME)
+    except ApiException:
+        say(f"No real node ({NODE_NAME}) in this cluster: skipping the real model")
+        return
+    path = pins().model_path
+    say(f"A real model on the real node {NODE_NAME}: llmctl resolve {path.name}")
+    architecture, quantization = resolve_gguf(path)
+    a = architecture
+    print(
+        f"  GGUF header: {a['modelType']}, {a['params']:,} parameters, {a['layers']} layers, "
+        f"{a['kvHeads']} KV heads; {quantization}"
+    )
+    free_model_pv(core)
+    pv = core.read_persistent_volume(MODEL_PV)
+    ref = pv.spec.claim_ref
+    if ref is not None and ref.namespace != NAMESPACE:
+        print(f"  (the model volume is bound to {ref.namespace}/{ref.name}: skipping)")
+        return
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "model", "namespace": NAMESPACE},
+        "spec": {
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": MODEL_STORAGE_CLASS,
+            "volumeName": MODEL_PV,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    doc = smollm2(REAL, "model", architecture, quantization)
+    doc["metadata"]["namespace"] = NAMESPACE
+    apply_all(api, [claim, doc])
+    hardware = doc["spec"]["hardware"]
+    print(
+        f"  applied pvc/model and llmd/{REAL}: gpuTypes {hardware['gpuTypes']}, "
+        f"nodeSelector {hardware['nodeSelector']}"
+    )
+    obj = wait_ready(custom, REAL, timeout=240)
+    if obj is None:
+        print(f"  llmd/{REAL} is not Ready after 240s: kubectl -n {NAMESPACE} describe llmd/{REAL}")
+        return
+    show(kubeconfig, "-n", NAMESPACE, "get", "llmd", REAL)
+    show(kubeconfig, "-n", NAMESPACE, "get", "pods", "-o", "wide", "-l",
+         f"serving.llm-operator.io/llmdeployment={REAL}")  # fmt: skip
+    base = service_url(core, NAMESPACE, REAL)
+    question = "What is the capital of France? Answer in one sentence."
+    answer = chat(base, question, max_tokens=32)
+    print(f"\n  POST {base}/v1/chat/completions  (the Service's ClusterIP, via kube-proxy)")
+    print(f"  > {question}")
+    print(f"  < {answer['choices'][0]['message']['content'].strip()}")
+    print(f"    ({answer['usage']['completion_tokens']} tokens generated by llama-server)")
+
+    from real_node import calibrated_units, measure, one_line, predict  # bench/real_node.py
+
+    workload = obj["spec"]["workload"]
+    units, prompt = calibrated_units(base, workload["inputTokens"])
+    measured = measure(base, 1, 3, units, workload["outputTokens"])
+    predicted, _ = predict(obj["status"]["plan"], prompt, workload["outputTokens"], 1)
+    say("Measured vs predicted on this machine (bench/real_node.py; docs/benchmarks.md)")
+    print(f"  {one_line(measured, predicted)}")
+
+
+def wait_ready(custom: client.CustomObjectsApi, name: str, timeout: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
+        ready = next(
+            (c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Ready"),
+            None,
+        )
+        if ready is not None and ready["status"] == "True":
+            result: dict[str, Any] = obj
+            return result
+        time.sleep(2)
+    return None
 
 
 if __name__ == "__main__":

@@ -103,6 +103,21 @@ def test_cluster_awareness_restricts_gpu_types(catalog: Catalog) -> None:
     assert plan(spec, catalog, available_gpus={}).chosen is None
 
 
+def test_named_cpu_classes_are_the_allowed_ones(catalog: Catalog) -> None:
+    """gpuTypes naming a CPU class plans on it alone; allowCpu without one adds them all."""
+    cpu = {"quantization": "q4_k_m", "engine": "llamacpp", "model": {"name": "llama-2-7b"}}
+    for named in ("CPU-2C-24GiB", "CPU-64C-256GiB"):
+        spec = make_spec(**cpu, hardware={"gpuTypes": [named], "allowCpu": True})
+        result = plan(spec, catalog)
+        assert result.chosen is not None and result.chosen.gpu.name == named
+        assert all(c.gpu.name == named for c in result.alternatives)
+    spec = make_spec(**cpu, hardware={"allowCpu": True})
+    assert {g.name for g in search._gpu_types(spec, catalog, None)} >= {
+        "CPU-2C-24GiB",
+        "CPU-64C-256GiB",
+    }
+
+
 SPEC_8B_A10G: dict[str, Any] = {
     "hardware": {"gpuTypes": ["A10G"]},
     "workload": {"inputTokens": 1024, "outputTokens": 256, "concurrency": 32},

@@ -22,6 +22,10 @@ cluster-status: ## Show what of the local cluster runs
 test-real-node: $(STAMP) ## Serve SmolLM2 with the real llama-server on the local cluster's real node
 	@$(BIN)/pytest -m real_engine e2e
 
+.PHONY: bench-real-node
+bench-real-node: $(STAMP) ## Measured vs predicted TTFT/TPOT/tokens/s of SmolLM2 on the real node (after make demo)
+	@$(BIN)/python bench/real_node.py
+
 .PHONY: e2e-kind
 e2e-kind: $(STAMP) ## Run the e2e suite on a kind cluster with kwok GPU nodes (needs Docker)
 	@e2e/kind/run.sh

@@ -3,12 +3,13 @@
 # kube-controller-manager, kube-scheduler) run by `kwokctl --runtime binary` from the
 # binaries e2e/cluster/tools.sh builds, kwok fake GPU nodes (e2e/cluster/nodes.yaml),
 # the LeaderWorkerSet CRDs and controller manager (with its admission webhooks), the
-# engine metrics simulator (e2e/sim/engine_sim.py) and a Prometheus that scrapes it, and
-# one real worker node (e2e/cluster/node.sh: containerd, kubelet, kube-proxy running the
+# engine metrics simulator (e2e/sim/engine_sim.py), a Prometheus (pinned, tools.sh) that
+# scrapes it and discovers the real node's engine pods through the apiserver, and one
+# real worker node (e2e/cluster/node.sh: containerd, kubelet, kube-proxy running the
 # llama.cpp server for real; E2E_REAL_NODE=0 leaves it out).
 # Everything binds to 127.0.0.1 (the real node's pods: a private bridge) and nothing is
-# downloaded at `up` time except, once, Debian's packages it needs (prometheus; runc,
-# containernetworking-plugins, iptables for the real node).
+# downloaded at `up` time except, once, Debian's packages the real node needs (runc,
+# containernetworking-plugins, iptables).
 #
 #   cluster.sh up        bring everything up (a no-op when it is already up)
 #   cluster.sh down      stop everything, leaving no process behind
@@ -124,42 +125,54 @@ stop_bg() { # name marker
 }
 
 # --- Prometheus ------------------------------------------------------------------------
-ensure_prometheus() {
-  [[ -x /usr/bin/prometheus ]] && return 0
-  command -v apt-get >/dev/null || die "/usr/bin/prometheus is missing and there is no apt-get"
-  local sudo=() policy=/usr/sbin/policy-rc.d made_policy=""
-  [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
-  log "installing Debian's prometheus package (once)"
-  # policy-rc.d exit 101: the package's maintainer scripts must not start the service;
-  # this project runs /usr/bin/prometheus itself, on loopback, with its own config.
-  if [[ ! -e "$policy" ]]; then
-    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
-    "${sudo[@]}" chmod +x "$policy"
-    made_policy=1
-  fi
-  local rc=0
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends prometheus ||
-    { "${sudo[@]}" apt-get update && DEBIAN_FRONTEND=noninteractive \
-      "${sudo[@]}" apt-get install -y --no-install-recommends prometheus; } || rc=$?
-  [[ -n "$made_policy" ]] && "${sudo[@]}" rm -f "$policy"
-  [[ $rc -eq 0 ]] || die "apt-get install prometheus failed"
-  if command -v systemctl >/dev/null; then # no boot-time service either
-    "${sudo[@]}" systemctl disable prometheus >/dev/null 2>&1 || true
-    if systemctl is-system-running >/dev/null 2>&1; then
-      "${sudo[@]}" systemctl stop prometheus >/dev/null 2>&1 || true
-    fi
-  fi
+# The pinned build of tools.sh (group prometheus): Debian's package has no Kubernetes
+# service discovery.
+PROM_BIN="$BIN_DIR/prometheus"
+
+# Prometheus discovers the real node's engine pods the way a user's Prometheus does:
+# kubernetes_sd_configs (role pod) against the apiserver, as its own ServiceAccount with
+# read access to pods and nodes, relabelled as the chart's PodMonitor relabels. The token
+# (TokenRequest, PROM_TOKEN_HOURS) is renewed by every `up`; Prometheus reads the file on
+# every request.
+PROM_SD_NAMESPACE=llm-operator-e2e-monitoring
+PROM_SD_ACCOUNT=prometheus
+PROM_TOKEN_HOURS=48
+
+prometheus_sd_credentials() { # kubeconfig: ServiceAccount + RBAC applied, token written
+  kubectl --kubeconfig "$1" apply --server-side --force-conflicts \
+    --field-manager=llm-operator-e2e -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Namespace
+metadata: {name: $PROM_SD_NAMESPACE}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: $PROM_SD_ACCOUNT, namespace: $PROM_SD_NAMESPACE}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: llm-operator-e2e-prometheus}
+rules:
+  - apiGroups: [""]
+    resources: [pods, nodes]
+    verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: llm-operator-e2e-prometheus}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: llm-operator-e2e-prometheus}
+subjects:
+  - {kind: ServiceAccount, name: $PROM_SD_ACCOUNT, namespace: $PROM_SD_NAMESPACE}
+EOF
+  local token
+  token="$(kubectl --kubeconfig "$1" -n "$PROM_SD_NAMESPACE" create token "$PROM_SD_ACCOUNT" \
+    --duration "${PROM_TOKEN_HOURS}h")"
+  (umask 077 && printf '%s' "$token" >"$STATE/prometheus/token.new")
+  mv "$STATE/prometheus/token.new" "$STATE/prometheus/token"
 }
 
-prometheus_up() {
-  if pid_alive prometheus "$STATE/prometheus"; then
-    log "prometheus already running on 127.0.0.1:$PROM_PORT"
-    return 0
-  fi
-  ensure_prometheus
-  port_busy "$PROM_PORT" && die "127.0.0.1:$PROM_PORT is taken; set E2E_PROMETHEUS_PORT"
-  mkdir -p "$STATE/prometheus/data"
-  cat >"$STATE/prometheus/prometheus.yml" <<EOF
+prometheus_config() { # [kubeconfig of the local cluster]: the configuration, on stdout
+  cat <<EOF
 # Generated by e2e/cluster/cluster.sh
 global:
   scrape_interval: 2s
@@ -173,7 +186,78 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:$SIM_PORT"]
 EOF
-  start_bg prometheus /usr/bin/prometheus \
+  [[ -n "${1:-}" ]] || return 0
+  local server ca="$KWOK_WORKDIR/clusters/$CLUSTER_NAME/pki/ca.crt"
+  server="$(kubectl --kubeconfig "$1" config view --minify \
+    -o jsonpath='{.clusters[0].cluster.server}')"
+  cat <<EOF
+  # Engine pods that really run (on the real node), found through the apiserver and
+  # relabelled like charts/llm-operator's PodMonitor (port http, path /metrics).
+  - job_name: llm-engines
+    metrics_path: /metrics
+    # Prometheus 3 refuses a scrape without a valid Content-Type unless told what to assume.
+    fallback_scrape_protocol: PrometheusText0.0.4
+    kubernetes_sd_configs:
+      - role: pod
+        api_server: $server
+        tls_config: {ca_file: $ca}
+        authorization: {credentials_file: $STATE/prometheus/token}
+        attach_metadata: {node: true}
+    relabel_configs:
+      - source_labels: [__meta_kubernetes_pod_label_serving_llm_operator_io_llmdeployment]
+        regex: .+
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_container_port_name]
+        regex: http
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_phase]
+        regex: Running
+        action: keep
+      # kwok's nodes run no containers: the simulator (job engine-sim) speaks for their pods.
+      - source_labels: [__meta_kubernetes_node_label_type]
+        regex: kwok
+        action: drop
+      - source_labels: [__meta_kubernetes_pod_label_serving_llm_operator_io_llmdeployment]
+        target_label: llmdeployment
+      - source_labels: [__meta_kubernetes_namespace]
+        target_label: namespace
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+# cluster CA sha256 $(sha256sum "$ca" | cut -c1-16): a recreated cluster reloads this file
+EOF
+}
+
+prometheus_reload() {
+  "$PYTHON" - "http://127.0.0.1:$PROM_PORT/-/reload" <<'EOF'
+import sys, urllib.request
+urllib.request.urlopen(urllib.request.Request(sys.argv[1], method="POST"), timeout=10)
+EOF
+}
+
+prometheus_up() { # [kubeconfig of the local cluster: add its Kubernetes service discovery]
+  mkdir -p "$STATE/prometheus/data"
+  [[ -z "${1:-}" ]] || prometheus_sd_credentials "$1"
+  prometheus_config "${1:-}" >"$STATE/prometheus/prometheus.yml.new"
+  if pid_alive prometheus "$STATE/prometheus" &&
+    [[ "$(readlink -f "/proc/$(cat "$STATE/prometheus.pid")/exe")" != "$(readlink -f "$PROM_BIN")" ]]; then
+    log "replacing the running prometheus (another binary, e.g. Debian's) with $PROM_BIN"
+    stop_bg prometheus "$STATE/prometheus"
+  fi
+  if pid_alive prometheus "$STATE/prometheus"; then
+    if cmp -s "$STATE/prometheus/prometheus.yml.new" "$STATE/prometheus/prometheus.yml"; then
+      rm -f "$STATE/prometheus/prometheus.yml.new"
+      log "prometheus already running on 127.0.0.1:$PROM_PORT"
+    else # another apiserver port or CA (a recreated cluster), or an older configuration
+      mv "$STATE/prometheus/prometheus.yml.new" "$STATE/prometheus/prometheus.yml"
+      prometheus_reload
+      log "prometheus on 127.0.0.1:$PROM_PORT reloaded its configuration"
+    fi
+    return 0
+  fi
+  mv "$STATE/prometheus/prometheus.yml.new" "$STATE/prometheus/prometheus.yml"
+  [[ -x "$PROM_BIN" ]] || die "$PROM_BIN is missing (run make tools)"
+  port_busy "$PROM_PORT" && die "127.0.0.1:$PROM_PORT is taken; set E2E_PROMETHEUS_PORT"
+  start_bg prometheus "$PROM_BIN" \
     --config.file="$STATE/prometheus/prometheus.yml" \
     --storage.tsdb.path="$STATE/prometheus/data" \
     --storage.tsdb.retention.time=1d \
@@ -196,10 +280,14 @@ sim_up() { # kubeconfig
   log "engine simulator on http://127.0.0.1:$SIM_PORT"
 }
 
-obs_up() { # kubeconfig
+obs_up() { # kubeconfig [local: Prometheus also discovers that cluster's real pods]
   mkdir -p "$STATE"
   sim_up "$1"
-  prometheus_up
+  if [[ "${2:-}" == local ]]; then
+    prometheus_up "$1"
+  else
+    prometheus_up
+  fi
 }
 
 obs_down() {
@@ -541,9 +629,9 @@ cmd_up() {
   mkdir -p "$STATE" "$LOGS" "$LWS_STATE"
   step "tools (build or reuse the pinned binaries)"
   if node_enabled; then
-    "$HERE/tools.sh" etcd kwok k8s lws containerd node
+    "$HERE/tools.sh" etcd kwok k8s lws prometheus containerd node
   else
-    "$HERE/tools.sh" etcd kwok k8s lws
+    "$HERE/tools.sh" etcd kwok k8s lws prometheus
   fi
   step "control plane (kwokctl cluster, kwok nodes)"
   cluster_up
@@ -552,7 +640,7 @@ cmd_up() {
   step "real node $NODE_NAME (containerd, kube-proxy, kubelet; E2E_REAL_NODE=0 to skip)"
   node_up
   step "engine simulator and Prometheus"
-  obs_up "$KUBECONFIG_OUT"
+  obs_up "$KUBECONFIG_OUT" local
   write_env "$KUBECONFIG_OUT"
   step ""
   log "up in $((SECONDS - start))s"
@@ -643,6 +731,7 @@ case "${1:-}" in
   env) cat "$STATE/env" 2>/dev/null || die "not up" ;;
   obs-up)
     [[ -n "${2:-}" ]] || die "usage: cluster.sh obs-up KUBECONFIG"
+    "$HERE/tools.sh" prometheus
     obs_up "$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
     write_env "$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
     ;;

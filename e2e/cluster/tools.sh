@@ -13,7 +13,7 @@
 # images and model are e2e/node/build.sh's (group "node"), cached next to the binaries.
 #
 # Usage: e2e/cluster/tools.sh [--print-bin-dir|--print-crd-dir] [group...]
-#        (groups: etcd kwok k8s helm lws lws-crds containerd node; default: all but
+#        (groups: etcd kwok k8s helm lws lws-crds prometheus containerd node; default: all but
 #        lws-crds, which lws includes, and without containerd and node when
 #        E2E_REAL_NODE=0)
 set -euo pipefail
@@ -38,6 +38,9 @@ HELM_VERSION=v3.22.0
 LWS_VERSION=v0.9.0
 # containerd 2.x (CRI v1, cgroup v1 still supported): the real e2e node's runtime.
 CONTAINERD_VERSION=v2.4.2
+# Prometheus 3.16.0 (its Go module versions are v0.<major><minor>.<patch>): Debian's
+# package is built without the Kubernetes service discovery the e2e scrape uses.
+PROMETHEUS_VERSION=v0.316.0
 
 command -v go >/dev/null || { echo "tools.sh: Go is required (go 1.26+)" >&2; exit 1; }
 mkdir -p "$BIN_DIR" "$CRD_DIR" "$STAMP_DIR"
@@ -200,21 +203,34 @@ build_containerd() {
     "containerd-shim-runc-v2=github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
 }
 
+build_prometheus() {
+  require_pin prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION"
+  # Only the service discoveries the e2e config uses (static and file are built in):
+  # the build tags of prometheus/plugins/*.go. No web UI assets (the builtinassets tag
+  # needs the compiled React app, which the module does not ship): the API and /-/ready,
+  # which is all the tests and the operator use, are unaffected.
+  local ld="-X github.com/prometheus/common/version.Version=3.16.0"
+  ld+=" -X github.com/prometheus/common/version.Branch=HEAD"
+  ld+=" -X github.com/prometheus/common/version.BuildDate=19700101-00:00:00"
+  TAGS="remove_all_sd enable_kubernetes_sd netgo" build prometheus "$PROMETHEUS_VERSION" "$ld" \
+    "prometheus=github.com/prometheus/prometheus/cmd/prometheus"
+}
+
 build_node() {
   "$HERE/../node/build.sh"
 }
 
 groups=("$@")
 if [[ ${#groups[@]} -eq 0 ]]; then
-  groups=(etcd kwok k8s helm lws)
+  groups=(etcd kwok k8s helm lws prometheus)
   [[ "${E2E_REAL_NODE:-1}" == 0 ]] || groups+=(containerd node)
 fi
 total=$SECONDS
 for g in "${groups[@]}"; do
   case "$g" in
-    etcd | kwok | k8s | helm | lws | containerd | node) "build_$g" ;;
+    etcd | kwok | k8s | helm | lws | prometheus | containerd | node) "build_$g" ;;
     lws-crds) build_lws_crds ;;
-    *) echo "tools.sh: unknown group $g (etcd kwok k8s helm lws lws-crds containerd node)" >&2; exit 2 ;;
+    *) echo "tools.sh: unknown group $g (etcd kwok k8s helm lws lws-crds prometheus containerd node)" >&2; exit 2 ;;
   esac
 done
 log "binaries in $BIN_DIR, CRDs in $CRD_DIR ($((SECONDS - total))s)"

@@ -2,7 +2,8 @@
 
 kwok runs no containers, so nothing would expose the serving engines' Prometheus
 metrics. This process stands in for every engine at once: for each Running pod of an
-LLMDeployment (label ``serving.llm-operator.io/llmdeployment``) it exposes the metrics the
+LLMDeployment (label ``serving.llm-operator.io/llmdeployment``) on a kwok node (label
+``type=kwok``; a pod on a real node exposes its engine's own) it exposes the metrics the
 real engine exposes, with the real names and types, labelled ``namespace``,
 ``llmdeployment`` and ``pod`` (the target labels a PodMonitor relabelling produces), on
 one ``/metrics`` endpoint that the local Prometheus scrapes.
@@ -67,6 +68,7 @@ from prometheus_client.registry import Collector
 
 LLMD_LABEL = "serving.llm-operator.io/llmdeployment"
 ENGINE_LABEL = "serving.llm-operator.io/engine"
+KWOK_NODE_LABEL = "type=kwok"  # e2e/cluster/nodes.py labels every fake node
 MODEL_ANNOTATION = "serving.llm-operator.io/model"
 GROUP, VERSION, PLURAL = "serving.llm-operator.io", "v1alpha1", "llmdeployments"
 ENGINES = ("vllm", "tgi", "llamacpp")
@@ -147,6 +149,9 @@ class Simulator:
     # -- cluster view -------------------------------------------------------------------
     def refresh(self, core: client.CoreV1Api, custom: client.CustomObjectsApi) -> None:
         pods = core.list_pod_for_all_namespaces(label_selector=LLMD_LABEL).items
+        # NOTE: only kwok's nodes run nothing; a pod on a real node (the local cluster's
+        # real-cpu-0) runs its engine, which Prometheus scrapes itself.
+        fake = {n.metadata.name for n in core.list_node(label_selector=KWOK_NODE_LABEL).items}
         plan_capacity: dict[tuple[str, str], float] = {}
         try:
             llmds = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
@@ -165,6 +170,8 @@ class Simulator:
             if pod.status is None or pod.status.phase != "Running":
                 continue
             if pod.metadata.deletion_timestamp is not None:
+                continue
+            if pod.spec is None or pod.spec.node_name not in fake:
                 continue
             ready = any(
                 c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])

@@ -22,37 +22,25 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from helpers import Cluster, eventually
+from helpers import eventually
+from realnode import (
+    ENGINE_UID,
+    NODE_NAME,
+    POOL,
+    POOL_LABEL,
+    TAINT_KEY,
+    create_model_claim,
+    pins,
+    release_model_claim,
+)
 
 pytestmark = pytest.mark.real_engine
 
-REPO = Path(__file__).resolve().parents[2]
-NODE_NAME = os.environ.get("E2E_NODE_NAME", "real-cpu-0")
-# Names and labels set by e2e/cluster/node.sh.
-POOL_LABEL, POOL = "llm-operator.io/node-pool", "real-cpu"
-TAINT_KEY = "llm-operator.io/real-node"
-MODEL_PV, MODEL_STORAGE_CLASS = "llm-operator-e2e-smollm2", "llm-operator-e2e-model"
-ENGINE_UID = 65532
+PINS = pins()
 PORT = 8000
-
-
-def _build_vars() -> dict[str, str]:
-    """The pins of e2e/node/build.sh (engine image, model file) without running it."""
-    text = (REPO / "e2e" / "node" / "build.sh").read_text()
-    build = re.search(r"^LLAMACPP_BUILD=(\d+)$", text, re.M)
-    model = re.search(r"^MODEL_FILE=(\S+)$", text, re.M)
-    assert build and model, "e2e/node/build.sh lost its LLAMACPP_BUILD/MODEL_FILE pins"
-    return {
-        "image": f"ghcr.io/ggml-org/llama.cpp:server-b{build.group(1)}",
-        "model_file": model.group(1),
-    }
-
-
-PINS = _build_vars()
 ENGINE_ARGS = [
-    *("-m", f"/models/{PINS['model_file']}"),
+    *("-m", f"/models/{PINS.model_file}"),
     *("--host", "0.0.0.0", "--port", str(PORT)),
     *("-c", "2048", "--metrics"),
 ]
@@ -60,62 +48,14 @@ ENGINE_ARGS = [
 HOPELESS = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "CrashLoopBackOff"}
 
 
-@pytest.fixture(scope="module")
-def real_node(cluster: Cluster, core: client.CoreV1Api) -> client.V1Node:
-    if not cluster.local:
-        pytest.skip("the real node belongs to the local cluster (not E2E_KUBECONFIG)")
-    try:
-        return core.read_node(NODE_NAME)
-    except ApiException as exc:
-        if exc.status == 404 and os.environ.get("E2E_REAL_NODE", "1") == "0":
-            pytest.skip("E2E_REAL_NODE=0: the cluster has no real node")
-        raise
-
-
 @pytest.fixture
 def model_pvc(core: client.CoreV1Api, namespace: str) -> Iterator[str]:
     """A claim bound to the model PV; the PV is made Available again afterwards."""
-    name = "model"
-    core.create_namespaced_persistent_volume_claim(
-        namespace,
-        client.V1PersistentVolumeClaim(
-            metadata=client.V1ObjectMeta(name=name),
-            spec=client.V1PersistentVolumeClaimSpec(
-                access_modes=["ReadOnlyMany"],
-                storage_class_name=MODEL_STORAGE_CLASS,
-                volume_name=MODEL_PV,
-                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
-            ),
-        ),
-    )
+    name = create_model_claim(core, namespace)
     try:
         yield name
     finally:
-        _release_pv(core, namespace, name)
-
-
-def _release_pv(core: client.CoreV1Api, namespace: str, claim: str) -> None:
-    """Delete the claim and drop the PV's claimRef (Retain would keep it Released)."""
-    try:
-        core.delete_namespaced_persistent_volume_claim(claim, namespace)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-
-    def claim_gone() -> bool:
-        try:
-            core.read_namespaced_persistent_volume_claim(claim, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return True
-            raise
-        return False
-
-    # The claim is held (kubernetes.io/pvc-protection) until its pod is gone.
-    eventually(claim_gone, timeout=120, description=f"PVC {namespace}/{claim} deleted")
-    pv = core.read_persistent_volume(MODEL_PV)
-    if pv.spec.claim_ref is not None and pv.spec.claim_ref.namespace == namespace:
-        core.patch_persistent_volume(MODEL_PV, [{"op": "remove", "path": "/spec/claimRef"}])
+        release_model_claim(core, namespace, name)
 
 
 def engine_pod(name: str, claim: str) -> client.V1Pod:
@@ -146,7 +86,7 @@ def engine_pod(name: str, claim: str) -> client.V1Pod:
             containers=[
                 client.V1Container(
                     name="engine",
-                    image=PINS["image"],
+                    image=PINS.image,
                     image_pull_policy="IfNotPresent",
                     args=ENGINE_ARGS,
                     ports=[client.V1ContainerPort(name="http", container_port=PORT)],
@@ -230,7 +170,7 @@ def test_real_node_is_ready_with_the_machines_resources(real_node: client.V1Node
     assert real_node.status.node_info.container_runtime_version.startswith("containerd://2.")
     assert real_node.status.node_info.kubelet_version == "v1.34.4"
     images = {n for img in real_node.status.images or [] for n in img.names or []}
-    assert PINS["image"] in images
+    assert PINS.image in images
 
 
 def test_llama_server_pod_serves_the_model(

@@ -446,7 +446,10 @@ def _gpu_types(
     except UnknownNameError as err:
         raise PlanInputError(f"spec.hardware: {err}") from err
     if spec.hardware.allow_cpu:
-        allowed += [g for g in catalog.gpus if g.is_cpu and g not in allowed]
+        # NOTE: CPU classes that gpuTypes names are the allowed ones (as for GPU types);
+        # allowCpu alone, or next to GPU types only, allows every CPU class of the catalog.
+        if not any(g.is_cpu for g in allowed):
+            allowed += [g for g in catalog.gpus if g.is_cpu]
     else:
         allowed = [g for g in allowed if not g.is_cpu]
     if available is None:
