@@ -193,9 +193,11 @@ def test_throughput_grows_and_latency_worsens_with_batch(
         large = timing.predict(layout, input_tokens, 256, batch + extra, chunk)
         # While the budget takes every prompt next to the decodes, more streams mean more
         # tokens; past that, decodes crowd the prompts out and throughput can fall.
+        # A prompt that no longer fits one chunk costs its stream one more step of its
+        # 256: the only dip allowed.
         room = chunk - (batch + extra - 1)
         if (batch + extra) * input_tokens <= room * 255:
-            assert large.output_tokens_per_second >= small.output_tokens_per_second * 0.999
+            assert large.output_tokens_per_second >= small.output_tokens_per_second * (1 - 1 / 256)
         assert large.tpot_ms >= small.tpot_ms
         assert large.ttft_p95_ms >= small.ttft_p95_ms
         assert large.tpot_p95_ms >= small.tpot_p95_ms

@@ -321,8 +321,10 @@ def predict(
     latency = eff.request_overhead_ms / 1e3 + admit
 
     # Two servers a request queues for: the frontend, one admission at a time, and the
-    # prefill budget, where one prompt occupies n_in / room steps.
-    service = (n_in / room) * (own / len(chunks)) if chunks else 0.0
+    # prefill budget, where one prompt occupies n_in / room steps of a full budget (its
+    # last, partial chunk leaves the rest of that step to the next prompt).
+    full = step_s(layout, running - 1, context, min(room, n_in), n_in / 2)
+    service = (n_in / room) * full if chunks else 0.0
     rate = running / (latency + cycle)
     wait, wait_p95 = _md1(rate * service, service, (running - 1) * service)
     front, front_p95 = _md1(rate * admit, admit, (concurrency - 1) * admit)
