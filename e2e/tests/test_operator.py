@@ -256,6 +256,34 @@ def test_unknown_model_is_a_permanent_error_naming_the_field(
     assert "spec.model.architecture" in ready["message"], ready["message"]
 
 
+def test_an_unreadable_draft_head_is_refused_naming_the_field(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    apps: client.AppsV1Api,
+    core: client.CoreV1Api,
+    namespace: str,
+) -> None:
+    """Issue 15.6: a speculative draft head the operator cannot read (it runs offline here,
+    HF_HUB_OFFLINE) is not rendered as if it were fine: InvalidSpec names the field."""
+    speculative = {"method": "eagle", "model": "acme/not-a-draft-head"}
+    name = create(
+        custom,
+        namespace,
+        llmd("draft", features={"speculativeDecoding": speculative}),
+    )
+
+    def invalid() -> dict[str, Any]:
+        ready = condition(get(custom, namespace, name), "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec"), ready
+        return ready
+
+    ready = eventually(invalid, timeout=60, interval=1, description="InvalidSpec")
+    message = ready["message"]
+    assert "spec.features.speculativeDecoding.model" in message, message
+    assert "acme/not-a-draft-head" in message and "draft head (eagle)" in message, message
+    assert children(apps, core, namespace, name) == ([], [])
+
+
 def test_apiserver_rejects_min_above_max_replicas_naming_the_field(
     crds: list[str], custom: client.CustomObjectsApi, namespace: str
 ) -> None:

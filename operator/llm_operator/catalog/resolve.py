@@ -637,3 +637,108 @@ def architecture_from_gguf(header: GgufHeader, origin: str = "GGUF file") -> Res
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"{origin} describes an impossible shape ({problems}): {FIX}") from err
     return ResolvedModel(architecture=architecture, origin=origin, quantization=quantization)
+
+
+@dataclass(frozen=True)
+class DraftHead:
+    """A speculative decoding head as its own config.json describes it, checked against
+    the model it drafts for.
+
+    Attributes:
+        params: the weights it adds to every replica (in the model's 16-bit dtype).
+        origin: where it was read from, for messages.
+    """
+
+    params: int
+    origin: str
+
+
+def _draft_int(cfg: Mapping[str, Any], name: str, origin: str, default: int | None = None) -> int:
+    value = cfg.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(
+            f"{origin}: {name} is {value!r}, not a positive whole number; it does not "
+            "describe a draft head vLLM can load"
+        )
+    return value
+
+
+def _draft_layer_params(cfg: Mapping[str, Any], hidden: int, origin: str) -> int:
+    """One decoder layer of an EAGLE head: attention (GQA) and a gated MLP."""
+    heads = _draft_int(cfg, "num_attention_heads", origin)
+    kv_heads = _draft_int(cfg, "num_key_value_heads", origin, heads)
+    head_dim = _draft_int(cfg, "head_dim", origin, hidden // heads)
+    intermediate = _draft_int(cfg, "intermediate_size", origin)
+    return (
+        2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + 3 * hidden * intermediate
+    )
+
+
+def draft_head_from_config(
+    config: Mapping[str, Any], method: str, target: Architecture, model: str, origin: str
+) -> DraftHead:
+    """Size a draft head from its config.json and check it was trained for `target`.
+
+    Each method's config is the one vLLM v0.12.0 loads
+    (vllm/transformers_utils/configs/{eagle,medusa,mlp_speculator}.py):
+    - eagle, eagle3: a decoder config (LlamaConfig or the like; vLLM's converted EAGLEConfig
+      nests it under `model`), num_hidden_layers decoder layers over the target's hidden
+      states, joined by an fc of 2 (eagle) or 3 (eagle3) x hidden x hidden
+      (vllm/model_executor/models/llama_eagle{,3}.py); EAGLE-3 adds its own output head of
+      draft_vocab_size x hidden. Token embeddings are the target's.
+    - medusa: num_heads heads (any key with "num" and "heads", as MedusaConfig reads it),
+      each num_hidden_layers residual blocks of hidden x hidden (+ bias) and an output head
+      of truncated_vocab_size (else vocab_size) x hidden.
+    - mlp_speculator: n_predict stages, each an embedding and an output head of
+      vocab x inner_dim and a projection (emb_dim x inner_dim first, inner_dim squared after);
+      tie_weights shares one of each after the first projection.
+
+    Raises:
+        ConfigError: the config is not a draft head of that method, or its hidden size or
+            vocabulary differ from the model's (a head trained for another model or
+            tokenizer: vLLM would fail loading it, or accept nothing it proposes).
+    """
+    cfg: Mapping[str, Any] = config
+    if method in ("eagle", "eagle3") and isinstance(config.get("model"), Mapping):
+        cfg = config["model"]
+    hidden_key = "emb_dim" if method == "mlp_speculator" else "hidden_size"
+    hidden = _draft_int(cfg, hidden_key, origin, target.hidden_size if method == "medusa" else None)
+    vocab = _draft_int(cfg, "vocab_size", origin, target.vocab_size)
+    fix = f"name a draft head ({method}) trained for {model}"
+    if hidden != target.hidden_size:
+        raise ConfigError(
+            f"{origin}: {hidden_key} {hidden} is not {model}'s hidden size "
+            f"{target.hidden_size}, so it was trained for another model; {fix}"
+        )
+    if vocab != target.vocab_size:
+        raise ConfigError(
+            f"{origin}: a vocabulary of {vocab} tokens, not {model}'s {target.vocab_size}, "
+            f"so it was trained for another tokenizer; {fix}"
+        )
+    if method in ("eagle", "eagle3"):
+        layers = _draft_int(cfg, "num_hidden_layers", origin, 1)
+        params = layers * _draft_layer_params(cfg, hidden, origin)
+        if method == "eagle":
+            params += 2 * hidden * hidden
+        else:
+            draft_vocab = _draft_int(cfg, "draft_vocab_size", origin, vocab)
+            params += 3 * hidden * hidden + draft_vocab * hidden
+    elif method == "medusa":
+        heads = next(
+            (v for k, v in cfg.items() if "num" in k and "heads" in k and isinstance(v, int)), 5
+        )
+        layers = next(
+            (v for k, v in cfg.items() if "num" in k and "layers" in k and isinstance(v, int)), 1
+        )
+        out_vocab = _draft_int(cfg, "truncated_vocab_size", origin, vocab)
+        params = heads * (layers * (hidden * hidden + hidden) + out_vocab * hidden)
+    elif method == "mlp_speculator":
+        inner = int(cfg.get("inner_dim") or 0) or hidden
+        stages = _draft_int(cfg, "n_predict", origin, 3)
+        if cfg.get("tie_weights"):
+            params = 2 * vocab * inner + hidden * inner + (inner * inner if stages > 1 else 0)
+        else:
+            params = 2 * stages * vocab * inner + hidden * inner + (stages - 1) * inner * inner
+    else:
+        raise ConfigError(f"method {method} takes no draft model")
+    return DraftHead(params=params, origin=origin)

@@ -141,8 +141,10 @@ def _kv_width(arch: Architecture, kv_heads: int) -> int:
     return 2 * kv_heads * arch.head_dim_or_default
 
 
-def draft_weight_bytes(arch: Architecture, method: str | None) -> int:
-    """Weights a speculative decoding method adds next to the target model, whole replica.
+def draft_weight_bytes(arch: Architecture, method: str | None, params: int | None = None) -> int:
+    """Weights a speculative decoding method adds next to the target model, whole replica:
+    `params` (the head's own count, `resolve.draft_head_from_config`) in 16 bits when the
+    caller read its config.json, else an estimate from the target's shape:
 
     - ngram: none (prompt lookup).
     - eagle, mtp, mlp_speculator: about one decoder layer of the target in 16 bits (an EAGLE
@@ -154,6 +156,8 @@ def draft_weight_bytes(arch: Architecture, method: str | None) -> int:
     """
     if method is None or method == "ngram":
         return 0
+    if params is not None:
+        return params * 2
     layer = (total_params(arch) - embedding_params(arch)) // arch.layers * 2
     head = arch.vocab_size * arch.hidden_size * 2 if method in ("eagle3", "medusa") else 0
     return layer + head

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from llm_operator import engines as registry
 from llm_operator.api.v1alpha1 import Architecture, LLMDeploymentSpec, PlanStatus
 from llm_operator.catalog import GIB, Catalog, GpuType, ModelEntry, UnknownNameError
+from llm_operator.catalog.resolve import DraftHead
 from llm_operator.engines import Ask, Engine
 from llm_operator.planner import cost, memory, timing
 
@@ -128,6 +129,7 @@ class Request:
     fp8_kv_cache: bool = False
     gpu_memory_utilization: float | None = None
     ask: Ask = field(default_factory=lambda: Ask(quantization="auto"))
+    draft_params: int | None = None  # the speculative draft head's, when its config was read
 
     @classmethod
     def from_spec(
@@ -308,7 +310,7 @@ def evaluate(
     if req.gpu_memory_utilization is not None:
         mem = replace(mem, utilization=req.gpu_memory_utilization)
     kv_element = engine.kv_cache_element_bytes(quantization, req.fp8_kv_cache, gpu.accelerator)
-    draft = memory.draft_weight_bytes(arch, req.ask.speculative_method)
+    draft = memory.draft_weight_bytes(arch, req.ask.speculative_method, req.draft_params)
     fit = memory.memory_fit(arch, gpu, quantization, tp, pp, mem, kv_element, draft)
     if not fit.weights_fit:
         needed = fit.weights_bytes + fit.overhead_bytes
@@ -517,6 +519,7 @@ def plan(
     keep: int = 5,
     *,
     resolved: Architecture | None = None,
+    draft: DraftHead | None = None,
 ) -> PlanResult:
     """Choose the cheapest feasible layout for an LLMDeployment spec.
 
@@ -531,6 +534,8 @@ def plan(
         resolved: the model's shape as the caller read it from the model's own files
             (`hub.resolve`: config.json from the Hub or a directory, a GGUF header), for a
             model the catalog does not know; spec.model.architecture still overrides it.
+        draft: the speculative draft head as the caller read it from its config.json
+            (`resolve.draft_head_from_config`); None: its size is estimated.
 
     Returns:
         The chosen candidate (or None), alternatives, closest rejections, replicas.
@@ -541,6 +546,8 @@ def plan(
     arch = resolve_architecture(spec, catalog, resolved)
     entry = model_entry(spec, catalog, resolved)
     req = Request.from_spec(spec, arch, gguf_repo=entry is not None and entry.gguf is not None)
+    if draft is not None:
+        req = replace(req, draft_params=draft.params)
     gpus = _gpu_types(spec, catalog, available_gpus)
     combos = _engine_quantizations(spec, arch, req.ask)
     if not gpus:

@@ -25,6 +25,7 @@ from llm_operator.api.v1alpha1 import (
     PlanStatus,
 )
 from llm_operator.catalog import Catalog, GpuType, ModelEntry, UnknownNameError
+from llm_operator.catalog.resolve import DraftHead
 from llm_operator.errors import InvalidSpecError
 from llm_operator.planner.search import PlanInputError, PlanResult, model_entry, plan
 from llm_operator.render import RenderError, render_objects
@@ -174,6 +175,7 @@ def _choose_plan(
     catalog: Catalog,
     available_gpus: Mapping[str, int] | None,
     resolved: Architecture | None = None,
+    draft: DraftHead | None = None,
 ) -> tuple[PlanStatus | None, PlanResult | None, str]:
     """Keep the current plan while the spec is unchanged; re-plan when it changed."""
     status = llmd.status
@@ -181,7 +183,7 @@ def _choose_plan(
     if status is not None and status.plan is not None and planned_for(status, generation):
         return status.plan, None, "unchanged"
     try:
-        result = plan(llmd.spec, catalog, available_gpus, resolved=resolved)
+        result = plan(llmd.spec, catalog, available_gpus, resolved=resolved, draft=draft)
     except PlanInputError as err:
         raise InvalidSpecError(*_split_field(str(err))) from err
     chosen = result.chosen.to_status() if result.chosen else None
@@ -228,6 +230,7 @@ def desired_state(
     options: Options | None = None,
     now: str | None = None,
     resolved: Architecture | None = None,
+    draft: DraftHead | None = None,
 ) -> Desired:
     """Decide children, status and events for one LLMDeployment.
 
@@ -241,6 +244,8 @@ def desired_state(
         now: timestamp for condition transitions (tests pin it).
         resolved: the model's shape read from its config.json by the caller
             (`reconcile.run` through `hub`), for a model the catalog does not know.
+        draft: the speculative draft head read from its config.json by the caller
+            (`reconcile.run.resolve_draft`); None: none, or its size is estimated.
 
     Raises:
         InvalidSpecError: the spec names an unknown model or GPU type, or cannot be
@@ -251,7 +256,7 @@ def desired_state(
     old = llmd.status or LLMDeploymentStatus()
     conditions: Sequence[Condition] = old.conditions
     events: list[Event] = []
-    chosen, result, why = _choose_plan(llmd, catalog, available_gpus, resolved)
+    chosen, result, why = _choose_plan(llmd, catalog, available_gpus, resolved, draft)
 
     def put(type_: str, status: cond.Status, reason: str, message: str) -> None:
         nonlocal conditions

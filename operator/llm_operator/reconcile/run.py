@@ -7,7 +7,8 @@ the handlers for create/update/resume and by the periodic drift timer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +17,15 @@ from pydantic import ValidationError
 from llm_operator import hub
 from llm_operator.api.v1alpha1 import Architecture, LLMDeployment
 from llm_operator.catalog import Catalog, UnknownNameError
-from llm_operator.catalog.resolve import ConfigError, ResolvedModel
+from llm_operator.catalog.resolve import (
+    ConfigError,
+    DraftHead,
+    ResolvedModel,
+    draft_head_from_config,
+)
 from llm_operator.errors import InvalidSpecError, TransientError
 from llm_operator.kube import ClusterView, Kube, ListingView, NodeInventory
+from llm_operator.planner.search import PlanInputError, resolve_architecture
 from llm_operator.reconcile import apply
 from llm_operator.reconcile.desired import LABEL_LLMD, Desired, Options, desired_state
 
@@ -115,25 +122,86 @@ def resolve_model(
             "read: set spec.model.architecture and spec.quantization to the file's type "
             "(`llmctl resolve FILE.gguf` prints both from a local copy)",
         )
-    namespace = str(llmd.metadata.get("namespace") or "")
-    secret = model.hf_token_secret
-    token: str | bool = False
-    if secret is not None:
-        token = kube.secret_value(namespace, secret.name, secret.key) or False
-    try:
+    token = _token(kube, llmd)
+    where = (
+        ""
+        if model.source == "hf"
+        else f" (the weights are on {model.source}; their shape is read from the Hub by "
+        "spec.model.name)"
+    )
+    with _hub_failures(
+        llmd,
+        token,
+        "spec.model.name",
+        f"{where}: name a model on the Hub or in the catalog, or set spec.model.architecture",
+        ", or set spec.model.architecture",
+    ):
         resolved = resolver(model.name, revision=model.revision, token=token, options=hub_options)
-    except hub.ModelNotFound as err:
-        where = (
-            ""
-            if model.source == "hf"
-            else f" (the weights are on {model.source}; their shape is read from the Hub by "
-            "spec.model.name)"
+    return resolved.architecture
+
+
+def resolve_draft(
+    kube: Kube,
+    llmd: LLMDeployment,
+    catalog: Catalog,
+    resolved: Architecture | None = None,
+    hub_options: hub.HubOptions | None = None,
+    fetch: Callable[..., dict[str, Any]] = hub.fetch_config,
+) -> DraftHead | None:
+    """The speculative draft head of spec.features.speculativeDecoding.model, read from its
+    config.json on the Hub (with the model's token) and checked against the model.
+
+    None when the method takes no draft model. `resolved` is the model's shape as
+    `resolve_model` read it (None: the spec's or the catalog's).
+
+    Raises:
+        InvalidSpecError: the head does not exist, is gated without a usable token, or was
+            trained for another model (hidden size, vocabulary); the message says what to
+            name instead.
+        TransientError: the Hub did not answer.
+    """
+    spec = llmd.spec.features.speculative_decoding
+    if spec is None or spec.model is None:
+        return None
+    try:
+        target = resolve_architecture(llmd.spec, catalog, resolved)
+    except PlanInputError:
+        return None  # the plan names the unknown model
+    token = _token(kube, llmd)
+    field = "spec.features.speculativeDecoding.model"
+    fix = f": name a draft head ({spec.method}) on the Hub trained for {llmd.spec.model.name}"
+    with _hub_failures(llmd, token, field, fix, ""):
+        config = fetch(spec.model, token=token, options=hub_options)
+        return draft_head_from_config(
+            config, spec.method, target, llmd.spec.model.name, f"config.json of {spec.model}"
         )
-        raise InvalidSpecError(
-            "spec.model.name",
-            f"{err}{where}: name a model on the Hub or in the catalog, or set "
-            "spec.model.architecture",
-        ) from err
+
+
+def _token(kube: Kube, llmd: LLMDeployment) -> str | bool:
+    """The token of spec.model.hfTokenSecret (False: none, or not found). Read only when
+    the Hub has to be asked, and it goes nowhere but the request."""
+    secret = llmd.spec.model.hf_token_secret
+    if secret is None:
+        return False
+    namespace = str(llmd.metadata.get("namespace") or "")
+    return kube.secret_value(namespace, secret.name, secret.key) or False
+
+
+@contextlib.contextmanager
+def _hub_failures(
+    llmd: LLMDeployment, token: str | bool, field: str, not_found: str, gated_or: str
+) -> Iterator[None]:
+    """Turn what the Hub (and the file it gave) said into a field-named error.
+
+    `not_found` follows the Hub's message for a missing repository, `gated_or` the hint
+    for a gated one; a config the planner cannot use names `field`.
+    """
+    secret = llmd.spec.model.hf_token_secret
+    namespace = str(llmd.metadata.get("namespace") or "")
+    try:
+        yield
+    except hub.ModelNotFound as err:
+        raise InvalidSpecError(field, f"{err}{not_found}") from err
     except hub.ModelGated as err:
         if secret is None:
             hint = "set spec.model.hfTokenSecret to a Secret holding a token with access"
@@ -147,16 +215,15 @@ def resolve_model(
                 f"the token in Secret {namespace}/{secret.name} (key {secret.key!r}) has no "
                 "access to it"
             )
-        raise InvalidSpecError(
-            "spec.model.hfTokenSecret", f"{err}; {hint}, or set spec.model.architecture"
-        ) from err
+        raise InvalidSpecError("spec.model.hfTokenSecret", f"{err}; {hint}{gated_or}") from err
     except hub.HubUnavailable as err:
         raise TransientError(
-            f"spec.model.name: reading config.json: {err}", delay=HUB_RETRY_DELAY_S
+            f"{field}: reading config.json: {err}", delay=HUB_RETRY_DELAY_S
         ) from err
     except ConfigError as err:
-        raise InvalidSpecError("spec.model.architecture", str(err)) from err
-    return resolved.architecture
+        raise InvalidSpecError(
+            "spec.model.architecture" if field == "spec.model.name" else field, str(err)
+        ) from err
 
 
 def reconcile_once(
@@ -178,6 +245,7 @@ def reconcile_once(
     """
     llmd = parse(body)
     resolved = resolve_model(kube, llmd, catalog, hub_options)
+    draft = resolve_draft(kube, llmd, catalog, resolved, hub_options)
     view = view or ListingView(kube, LABEL_LLMD)
     inventory = view.node_inventory()
     live = apply.live_children(view, body)
@@ -189,6 +257,7 @@ def reconcile_once(
         children,
         options=options,
         resolved=resolved,
+        draft=draft,
     )
     report = apply.execute(kube, body, desired.objects, desired.prune, live, desired.keep)
     return Outcome(desired=desired, report=report, status=status_dict(desired))
