@@ -47,7 +47,10 @@ def test_crd_is_structural() -> None:
 def test_crd_has_printer_columns_and_subresources() -> None:
     version = crd.crd()["spec"]["versions"][0]
     names = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert names == ["Model", "GPU", "TP", "PP", "Replicas", "Ready", "Tok/s", "$/hr", "Age"]
+    assert names == [
+        "Model", "GPU", "TP", "PP", "Replicas", "Ready", "Tok/s", "$/hr", "Age", "Tok/s from"
+    ]  # fmt: skip
+    assert [c.get("priority", 0) for c in version["additionalPrinterColumns"]][-1] == 1
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert "status" in version["subresources"]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from kubernetes import client
 
-from llm_operator.kube import Kube
+from llm_operator.kube import Kube, container_failure
 
 
 class FakeDiscovery:
@@ -124,3 +124,41 @@ def test_the_indexed_view_serves_a_pass_from_memory() -> None:
     assert view.refused_pod("ns", "other") is None
     inventory = view.node_inventory()
     assert inventory.gpus_per_node == {"NVIDIA-A10G": 1} and inventory.cpu_nodes == 1
+
+
+def _pod(**status: Any) -> client.V1Pod:
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name="m-1"),
+        status=client.V1PodStatus(container_statuses=[client.V1ContainerStatus(**status)]),
+    )
+
+
+def _state(**kind: Any) -> client.V1ContainerState:
+    return client.V1ContainerState(**kind)
+
+
+def test_a_failing_engine_container_is_described() -> None:
+    base = {"name": "engine", "image": "i", "image_id": "", "restart_count": 0, "ready": False}
+    starting = _pod(**base, state=_state(running=client.V1ContainerStateRunning()))
+    assert container_failure(starting) is None  # a new pod still loading its model
+    killed = _state(terminated=client.V1ContainerStateTerminated(exit_code=137, reason="Error"))
+    assert container_failure(_pod(**base, state=killed)) == (
+        "pod m-1: container engine stopped (Error, exit code 137) after 0 restart(s)"
+    )
+    restarted = _pod(
+        **{**base, "restart_count": 2},
+        state=_state(waiting=client.V1ContainerStateWaiting(reason="CrashLoopBackOff")),
+        last_state=killed,
+    )
+    message = container_failure(restarted)
+    assert message is not None
+    assert "exit code 137" in message and "restarted 2 time(s)" in message
+    assert "CrashLoopBackOff" in message
+    pull = _state(
+        waiting=client.V1ContainerStateWaiting(reason="ImagePullBackOff", message="not found")
+    )
+    assert container_failure(_pod(**base, state=pull)) == (
+        "pod m-1: container engine ImagePullBackOff: not found"
+    )
+    healthy = _pod(**{**base, "ready": True, "restart_count": 3}, last_state=killed)
+    assert container_failure(healthy) is None  # it recovered: nothing to report

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
 import yaml
 
 from llm_operator.api.v1alpha1 import LLMDeployment, ModelCacheSpec
@@ -82,6 +83,43 @@ def test_ready_flips_transition_time_only_on_change(catalog: Catalog) -> None:
     assert cond(ready, "Ready").status == "True"
     assert cond(ready, "Ready").last_transition_time == LATER
     assert cond(ready, "Planned").last_transition_time == NOW
+
+
+def test_tok_s_shows_the_planned_rate_until_one_is_observed(catalog: Catalog) -> None:
+    first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
+    assert first.status.tokens_per_second is None  # nothing ready, nothing observed
+    status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    two = desired_state(example("8b-a10g", status=status), catalog, None, deployed(2, 2), now=LATER)
+    plan = two.status.plan
+    assert plan is not None and two.status.tokens_per_second_source == "planned"
+    assert two.status.tokens_per_second == pytest.approx(2 * plan.output_tokens_per_second, abs=0.1)
+    assert two.status.cost_per_hour == round(2 * plan.cost_per_hour, 2)
+    observed = {**status, "observedTokensPerSecond": 12.5}
+    seen = desired_state(example("8b-a10g", status=observed), catalog, None, deployed(2, 2))
+    assert (seen.status.tokens_per_second, seen.status.tokens_per_second_source) == (
+        12.5,
+        "observed",
+    )
+
+
+def test_a_failing_engine_is_degraded_once_then_recovers(catalog: Catalog) -> None:
+    first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
+    status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    crash = "pod p: container engine stopped (Error, exit code 137) and was restarted 1 time(s)"
+    failing = replace(deployed(1, 0), failing=crash)
+    down = desired_state(example("8b-a10g", status=status), catalog, None, failing, now=LATER)
+    assert (cond(down, "Degraded").status, cond(down, "Degraded").reason) == (
+        "True",
+        "EngineFailing",
+    )
+    assert cond(down, "Degraded").message == crash
+    assert [e.reason for e in down.events if e.type == "Warning"] == ["EngineFailing"]
+    status = down.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    again = desired_state(example("8b-a10g", status=status), catalog, None, failing, now=LATER)
+    assert [e for e in again.events if e.reason == "EngineFailing"] == []  # reported once
+    status = again.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    back = desired_state(example("8b-a10g", status=status), catalog, None, deployed(1, 1))
+    assert cond(back, "Degraded").status == "False" and cond(back, "Ready").status == "True"
 
 
 def test_spec_change_replans_with_an_event(catalog: Catalog) -> None:

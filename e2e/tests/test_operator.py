@@ -145,9 +145,16 @@ def test_example_reaches_ready_on_the_planned_node_pool(
     plan = obj["status"]["plan"]
     assert condition(obj, "Planned")["status"] == "True"
     assert condition(obj, "Degraded")["status"] == "False"
-    assert obj["status"]["costPerHour"] == pytest.approx(
-        plan["costPerHour"] * obj["status"]["replicas"], rel=1e-3
+    status = obj["status"]
+    # $/hr in cents; TOK/S is the observed rate, or the ready replicas' planned one.
+    assert status["costPerHour"] == pytest.approx(
+        plan["costPerHour"] * status["replicas"], abs=0.005
     )
+    if status["tokensPerSecondSource"] == "planned":
+        expected = plan["outputTokensPerSecond"] * status["readyReplicas"]
+        assert status["tokensPerSecond"] == pytest.approx(expected, abs=0.1)
+    else:
+        assert status["tokensPerSecond"] == status["observedTokensPerSecond"]
 
     deployments, services = children(apps, core, namespace, obj_name)
     assert len(deployments) == 1 and len(services) == 1
@@ -241,17 +248,23 @@ def test_impossible_model_reports_no_feasible_plan_and_creates_nothing(
     assert children(apps, core, namespace, name) == ([], [])
 
 
-def test_unknown_model_is_a_permanent_error_naming_the_field(
-    operator: OperatorProcess, custom: client.CustomObjectsApi, namespace: str
-) -> None:
-    name = create(custom, namespace, llmd("unknown", model={"name": "acme/not-a-model"}))
+def wait_invalid(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    """The Ready condition once it says False/InvalidSpec (a permanent error)."""
 
     def invalid() -> dict[str, Any]:
         ready = condition(get(custom, namespace, name), "Ready")
         assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec"), ready
         return ready
 
-    ready = eventually(invalid, timeout=60, interval=1, description="InvalidSpec")
+    found: dict[str, Any] = eventually(invalid, timeout=60, interval=1, description="InvalidSpec")
+    return found
+
+
+def test_unknown_model_is_a_permanent_error_naming_the_field(
+    operator: OperatorProcess, custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    name = create(custom, namespace, llmd("unknown", model={"name": "acme/not-a-model"}))
+    ready = wait_invalid(custom, namespace, name)
     assert "spec.model.name" in ready["message"], ready["message"]
     assert "spec.model.architecture" in ready["message"], ready["message"]
 
@@ -271,17 +284,39 @@ def test_an_unreadable_draft_head_is_refused_naming_the_field(
         namespace,
         llmd("draft", features={"speculativeDecoding": speculative}),
     )
-
-    def invalid() -> dict[str, Any]:
-        ready = condition(get(custom, namespace, name), "Ready")
-        assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec"), ready
-        return ready
-
-    ready = eventually(invalid, timeout=60, interval=1, description="InvalidSpec")
+    ready = wait_invalid(custom, namespace, name)
     message = ready["message"]
     assert "spec.features.speculativeDecoding.model" in message, message
     assert "acme/not-a-draft-head" in message and "draft head (eagle)" in message, message
     assert children(apps, core, namespace, name) == ([], [])
+
+
+def test_prefix_hits_and_speculation_are_planned_and_bounded_by_the_schema(
+    operator: OperatorProcess, custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    """Issue 14: workload.prefixHitRate and draftAcceptanceRate change the planned figures
+    the operator reports; the apiserver refuses rates out of range."""
+    workload = {"inputTokens": 4096, "outputTokens": 256, "concurrency": 1}
+    plain = create(custom, namespace, llmd("plain", workload=workload))
+    warm = create(
+        custom,
+        namespace,
+        llmd(
+            "warm",
+            workload={**workload, "prefixHitRate": 0.75, "draftAcceptanceRate": 0.8},
+            features={"speculativeDecoding": {"method": "ngram", "numSpeculativeTokens": 3}},
+        ),
+    )
+    before = wait_ready(custom, namespace, plain)["status"]["plan"]
+    after = wait_ready(custom, namespace, warm)["status"]["plan"]
+    assert after["ttftMs"] < before["ttftMs"] * 0.6, (before, after)
+    assert after["tpotMs"] < before["tpotMs"] * 0.7, (before, after)
+    assert after["costPerMillionOutputTokens"] < before["costPerMillionOutputTokens"]
+    for field, value in (("prefixHitRate", 1.0), ("draftAcceptanceRate", 0)):
+        with pytest.raises(ApiException) as info:
+            create(custom, namespace, llmd(f"bad-{field.lower()}", workload={field: value}))
+        assert info.value.status == 422
+        assert f"spec.workload.{field}" in json.loads(info.value.body)["message"]
 
 
 def test_apiserver_rejects_min_above_max_replicas_naming_the_field(

@@ -351,8 +351,9 @@ def test_prometheus_discovers_the_pod_and_real_tokens_scale_it_up(
 
 def test_engine_killed_then_pod_deleted_the_deployment_recovers(served: Served) -> None:
     """SIGKILL of llama-server inside its container: the kubelet restarts it and the
-    operator reports the replica unready, then Ready again. Deleting the pod: the
-    Deployment's ReplicaSet makes another on the real node. Nothing is duplicated."""
+    operator reports the replica unready and Degraded (EngineFailing), then Ready again.
+    Deleting the pod: the Deployment's ReplicaSet makes another on the real node. Nothing
+    is duplicated."""
     served.wait_ready()
     pod = served.pod()
     uid, restarts = pod.metadata.uid, pod.status.container_statuses[0].restart_count
@@ -376,11 +377,14 @@ def test_engine_killed_then_pod_deleted_the_deployment_recovers(served: Served) 
     finally:
         seen = watch.stop()
     print(f"after SIGKILL the operator reported: {seen}")
-    # The operator saw the replica go unready, then Ready again; a restart is not Degraded.
+    # The operator saw the replica go unready and Degraded (the engine stopped and was
+    # restarted), then Ready again and no longer Degraded.
     ready, progressing = watch.of("Ready"), watch.of("Progressing")
+    degraded = watch.of("Degraded")
     assert ready[0] == ready[-1] == ("True", "Serving") and ("False", "Pending") in ready, seen
     assert progressing[-1] == ("False", "Complete"), seen
-    assert {status for status, _ in watch.of("Degraded")} == {"False"}, seen
+    assert ("True", "EngineFailing") in degraded and degraded[-1][0] == "False", seen
+    assert served.events("EngineFailing"), "a Warning event names the stopped engine"
     assert _engine_pid(uid) != pid
     assert wait_answering(served.base())["usage"]["completion_tokens"] > 0
 

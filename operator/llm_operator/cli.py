@@ -34,6 +34,7 @@ from llm_operator.catalog import GIB, Catalog, CatalogError, UnknownNameError, l
 from llm_operator.catalog.resolve import ConfigError, ResolvedModel
 from llm_operator.engines import Ask
 from llm_operator.planner import memory
+from llm_operator.planner.levers import Lever, levers
 from llm_operator.planner.search import (
     Candidate,
     PlanInputError,
@@ -187,13 +188,45 @@ def _row(c: Candidate) -> dict[str, Any]:
     return c.to_status().model_dump(by_alias=True)
 
 
-def plan_json(result: PlanResult) -> dict[str, Any]:
-    """The `--output json` object: plan fields, replicas, alternatives, rejected."""
+def plan_json(result: PlanResult, found: Sequence[Lever] = ()) -> dict[str, Any]:
+    """The `--output json` object: plan fields, replicas, alternatives, rejected, and what
+    each cost lever buys."""
     body: dict[str, Any] = _row(result.chosen) if result.chosen else {"feasible": False}
     body["replicas"] = result.replicas
     body["alternatives"] = [_row(c) for c in result.alternatives]
     body["rejected"] = [{"candidate": r.label, "reason": r.reason} for r in result.rejected]
+    body["levers"] = [
+        {
+            "lever": lever.name,
+            "setting": lever.setting,
+            "costPerMillionWith": lever.with_cost,
+            "costPerMillionWithout": lever.without_cost,
+            **({"note": lever.note} if lever.note else {}),
+        }
+        for lever in found
+    ]
     return body
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def levers_text(found: Sequence[Lever]) -> str:
+    """The "what each lever buys" table: $/1M output tokens with and without each lever."""
+    rows = [["LEVER", "SETTING", "WITHOUT $/1M", "WITH $/1M", "SAVES"]]
+    for lever in found:
+        saving = lever.saving
+        if lever.note is not None:
+            saves = lever.note
+        elif lever.without_cost is None:
+            saves = "nothing feasible without it"
+        else:
+            saves = f"{saving:.0%}" if saving is not None else "-"
+        rows.append(
+            [lever.name, lever.setting, _money(lever.without_cost), _money(lever.with_cost), saves]
+        )
+    return "what each lever buys (this workload, $ per 1M output tokens):\n" + _table(rows)
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -201,8 +234,9 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
-def plan_text(model: str, result: PlanResult) -> str:
-    """A readable summary: the choice, why, the alternatives and the closest rejections."""
+def plan_text(model: str, result: PlanResult, found: Sequence[Lever] = ()) -> str:
+    """A readable summary: the choice, why, the alternatives, what each cost lever buys and
+    the closest rejections."""
     out: list[str] = []
     header = ["", "GPU", "GPUS", "TP", "PP", "ENGINE", "QUANT", "CTX", "SEQS", "TTFT ms",
               "TPOT ms", "TOK/S", "$/HR", "$/1M TOK"]  # fmt: skip
@@ -248,6 +282,9 @@ def plan_text(model: str, result: PlanResult) -> str:
             )
         out.append("")
         out.append(_table(rows))
+        if found:
+            out.append("")
+            out.append(levers_text(found))
     if result.rejected:
         out.append("")
         out.append("rejected (closest first):")
@@ -277,10 +314,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         result = plan(spec, catalog, resolved=resolved.architecture if resolved else None)
     except PlanInputError as err:
         raise UsageError(str(err)) from err
+    found = levers(spec, catalog, resolved=resolved.architecture if resolved else None)
     if args.output == "json":
-        print(json.dumps(plan_json(result), indent=2))
+        print(json.dumps(plan_json(result, found), indent=2))
     else:
-        print(plan_text(spec.model.name, result))
+        print(plan_text(spec.model.name, result, found))
     return 0 if result.chosen else 1
 
 

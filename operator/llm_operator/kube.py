@@ -381,8 +381,9 @@ class Kube:
                 "spec.model.hfTokenSecret", f"Secret {namespace}/{name} key {key!r} is not text"
             ) from None
 
-    def pod_unschedulable(self, namespace: str, selector: str) -> str | None:
-        """The scheduler's message for one pending, unschedulable pod of the selector."""
+    def pod_problems(self, namespace: str, selector: str) -> PodProblems:
+        """What keeps pods of the selector from serving: the scheduler's message for a
+        pending, unschedulable one, and what happened to a failing engine container."""
         try:
             pods = (
                 client.CoreV1Api(self.api)
@@ -391,12 +392,69 @@ class Kube:
             )
         except ApiException as err:
             raise _translate(err, f"listing pods in {namespace}") from err
+        unschedulable = failing = None
         for pod in pods:
+            if pod.metadata is not None and pod.metadata.deletion_timestamp is not None:
+                continue
+            name = pod.metadata.name if pod.metadata else "?"
             for c in (pod.status and pod.status.conditions) or []:
                 if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
-                    name = pod.metadata.name if pod.metadata else "?"
-                    return f"pod {name}: {c.message}"
-        return None
+                    unschedulable = unschedulable or f"pod {name}: {c.message}"
+            failing = failing or container_failure(pod)
+        return PodProblems(unschedulable=unschedulable, failing=failing)
+
+
+@dataclass(frozen=True)
+class PodProblems:
+    """What keeps an LLMDeployment's pods from serving (None: nothing of that kind)."""
+
+    unschedulable: str | None = None
+    failing: str | None = None
+
+
+# Waiting reasons of a container that will not start without a change or a retry
+# (kubelet's images and container-start errors, and its back-off after crashes).
+FAILING_WAITING_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+def container_failure(pod: client.V1Pod) -> str | None:
+    """What happened to an unready container of the pod that exited or cannot start: a
+    sentence naming the pod, the container, the kubelet's reason, the exit code and the
+    restarts; None when every container is ready or merely starting."""
+    name = pod.metadata.name if pod.metadata else "?"
+    for c in (pod.status and pod.status.container_statuses) or []:
+        if c.ready:
+            continue
+        waiting = c.state.waiting if c.state is not None else None
+        now = c.state.terminated if c.state is not None else None
+        last = c.last_state.terminated if c.last_state is not None else None
+        restarts = c.restart_count or 0
+        if now is not None:
+            return (
+                f"pod {name}: container {c.name} stopped ({now.reason or 'exited'}, exit code "
+                f"{now.exit_code}) after {restarts} restart(s)"
+            )
+        if last is not None and restarts > 0:
+            why = f"{last.reason or 'exited'}, exit code {last.exit_code}"
+            state = f"; now {waiting.reason}" if waiting is not None and waiting.reason else ""
+            return (
+                f"pod {name}: container {c.name} stopped ({why}) and was restarted "
+                f"{restarts} time(s){state}; waiting for it to be ready again"
+            )
+        if waiting is not None and waiting.reason in FAILING_WAITING_REASONS:
+            detail = f": {waiting.message}" if waiting.message else ""
+            return f"pod {name}: container {c.name} {waiting.reason}{detail}"
+    return None
 
 
 class ListingView:
@@ -416,7 +474,7 @@ class ListingView:
 
     def refused_pod(self, namespace: str, owner: str) -> str | None:
         """The scheduler's message for a refused pod of the owner."""
-        return self.kube.pod_unschedulable(namespace, f"{self.label}={owner}")
+        return self.kube.pod_problems(namespace, f"{self.label}={owner}").unschedulable
 
     def node_inventory(self) -> NodeInventory:
         """Listed at most once per the Kube's inventory TTL."""

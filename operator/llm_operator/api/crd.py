@@ -24,9 +24,15 @@ PRINTER_COLUMNS: list[JSON] = [
     {"name": "PP", "type": "integer", "jsonPath": ".status.plan.pipelineParallel"},
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
     {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
-    {"name": "Tok/s", "type": "number", "jsonPath": ".status.observedTokensPerSecond"},
+    {"name": "Tok/s", "type": "number", "jsonPath": ".status.tokensPerSecond"},
     {"name": "$/hr", "type": "number", "jsonPath": ".status.costPerHour"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {
+        "name": "Tok/s from",
+        "type": "string",
+        "jsonPath": ".status.tokensPerSecondSource",
+        "priority": 1,
+    },
 ]
 
 _DROP_KEYS = {"title"}

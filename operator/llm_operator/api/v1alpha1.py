@@ -448,6 +448,27 @@ class WorkloadSpec(ApiModel):
         "for; sets the initial replica count.",
     )
     slo: SloSpec | None = Field(None, description="slo holds latency objectives.")
+    prefix_hit_rate: float = Field(
+        0.0,
+        ge=0,
+        le=0.99,
+        description="prefixHitRate is the share of each prompt's tokens the prefix cache "
+        "already holds (a shared system prompt, few-shot examples, the conversation so far): "
+        "only the rest is prefilled, which shortens TTFT and frees compute. Planned only with "
+        "features.prefixCaching on. 0 (the default) plans no saving; on vLLM measure it as "
+        "rate(vllm:prefix_cache_hits_total) / rate(vllm:prefix_cache_queries_total).",
+    )
+    draft_acceptance_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="draftAcceptanceRate is the chance that the model accepts a token the "
+        "speculative proposer drafted (features.speculativeDecoding); it decides what "
+        "speculation saves. Unset: a conservative default per method (ngram 0.3, medusa and "
+        "mlp_speculator 0.5, eagle 0.6, eagle3 and mtp 0.7). On vLLM measure it as "
+        "rate(vllm:spec_decode_num_accepted_tokens_total) / "
+        "rate(vllm:spec_decode_num_draft_tokens_total).",
+    )
 
 
 class Toleration(ApiModel):
@@ -575,6 +596,20 @@ class BudgetSpec(ApiModel):
 
 SpeculativeMethod = Literal["ngram", "eagle", "eagle3", "medusa", "mlp_speculator", "mtp"]
 SPECULATIVE_METHODS_WITH_MODEL = ("eagle", "eagle3", "medusa", "mlp_speculator")
+# ASSUMPTIONS, not measurements: the per-token acceptance the planner uses when
+# workload.draftAcceptanceRate is unset, deliberately below what the methods' papers report
+# on chat benchmarks (EAGLE arXiv:2401.15077, EAGLE-3 arXiv:2503.01840, Medusa
+# arXiv:2401.10774, DeepSeek-V3's MTP arXiv:2412.19437 section 5.4.3: 85-90% for its second
+# token). Prompt lookup (ngram) accepts only where the reply repeats the prompt, which
+# chat rarely does.
+DEFAULT_DRAFT_ACCEPTANCE: dict[str, float] = {
+    "ngram": 0.3,
+    "medusa": 0.5,
+    "mlp_speculator": 0.5,
+    "eagle": 0.6,
+    "eagle3": 0.7,
+    "mtp": 0.7,
+}
 
 
 class SpeculativeDecodingSpec(ApiModel):
@@ -969,6 +1004,29 @@ class LLMDeploymentStatus(ApiModel):
         description="handover is set while a previous workload keeps serving until its "
         "replacement is ready (e.g. a Deployment replaced by a LeaderWorkerSet).",
     )
+    tokens_per_second: float | None = Field(
+        None,
+        description="tokensPerSecond is the output token rate kubectl shows (TOK/S): the "
+        "observed one while metrics arrive, else what the ready replicas are planned to make; "
+        "tokensPerSecondSource says which.",
+    )
+    tokens_per_second_source: Literal["observed", "planned"] | None = Field(
+        None, description="tokensPerSecondSource is observed or planned (see tokensPerSecond)."
+    )
+
+    def with_shown_rate(self) -> LLMDeploymentStatus:
+        """This status with tokensPerSecond set from the observed rate, or else the plan's
+        rate per replica times the ready replicas."""
+        if self.observed_tokens_per_second is not None:
+            rate, source = self.observed_tokens_per_second, "observed"
+        elif self.plan is not None and self.ready_replicas:
+            rate = round(self.plan.output_tokens_per_second * self.ready_replicas, 1)
+            source = "planned"
+        else:
+            rate, source = None, None
+        return self.model_copy(
+            update={"tokens_per_second": rate, "tokens_per_second_source": source}
+        )
 
 
 class LLMDeployment(ApiModel):

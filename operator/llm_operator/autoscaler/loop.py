@@ -178,7 +178,7 @@ def _status(
             "cost_per_million_tokens": per_million,
             "last_scaling_reason": f"{decision.reason}: {decision.message}",
         }
-    )
+    ).with_shown_rate()
 
 
 def _persist(

@@ -13,7 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from llm_operator import engines as registry
-from llm_operator.api.v1alpha1 import Architecture, LLMDeploymentSpec, PlanStatus
+from llm_operator.api.v1alpha1 import (
+    DEFAULT_DRAFT_ACCEPTANCE,
+    Architecture,
+    LLMDeploymentSpec,
+    PlanStatus,
+)
 from llm_operator.catalog import GIB, Catalog, GpuType, ModelEntry, UnknownNameError
 from llm_operator.catalog.resolve import DraftHead
 from llm_operator.engines import Ask, Engine
@@ -130,6 +135,9 @@ class Request:
     gpu_memory_utilization: float | None = None
     ask: Ask = field(default_factory=lambda: Ask(quantization="auto"))
     draft_params: int | None = None  # the speculative draft head's, when its config was read
+    prefix_hit: float = 0.0  # share of prompt tokens from the prefix cache
+    speculative_tokens: int = 0  # tokens drafted per step (0: no speculation)
+    draft_acceptance: float = 0.0
 
     @classmethod
     def from_spec(
@@ -146,6 +154,7 @@ class Request:
         slo = spec.workload.slo
         mml = spec.context.max_model_len
         ask = spec.engine_ask(arch, gguf_repo)
+        workload, speculative = spec.workload, spec.features.speculative_decoding
         return cls(
             input_tokens=spec.workload.input_tokens,
             output_tokens=spec.workload.output_tokens,
@@ -158,6 +167,13 @@ class Request:
             min_replicas=max(1, spec.scaling.min_replicas),
             fp8_kv_cache=spec.features.fp8_kv_cache,
             ask=ask,
+            prefix_hit=workload.prefix_hit_rate if spec.features.prefix_caching else 0.0,
+            speculative_tokens=speculative.num_speculative_tokens if speculative else 0,
+            draft_acceptance=(
+                workload.draft_acceptance_rate or DEFAULT_DRAFT_ACCEPTANCE[speculative.method]
+                if speculative
+                else 0.0
+            ),
         )
 
 
@@ -217,7 +233,11 @@ def _max_len_that_fits(arch: Architecture, kv_tokens: int) -> int:
 
 
 def _largest_batch(
-    layout: timing.Layout, req: Request, limit: int, chunk_tokens: int
+    layout: timing.Layout,
+    req: Request,
+    limit: int,
+    chunk_tokens: int,
+    speculation: timing.Speculation | None = None,
 ) -> tuple[int, timing.Timing, str | None]:
     """Largest batch <= limit that meets the SLOs (predictions worsen with batch).
 
@@ -234,7 +254,15 @@ def _largest_batch(
         return None
 
     def at(batch: int) -> timing.Timing:
-        return timing.predict(layout, req.input_tokens, req.output_tokens, batch, chunk_tokens)
+        return timing.predict(
+            layout,
+            req.input_tokens,
+            req.output_tokens,
+            batch,
+            chunk_tokens,
+            prefix_hit=req.prefix_hit,
+            speculation=speculation,
+        )
 
     best = at(limit)
     if misses(best) is None:
@@ -370,7 +398,12 @@ def evaluate(
         efficiency=engine.efficiency,
     )
     limit = min(req.concurrency or max_sequences, max_sequences)
-    batch, predicted, slo_miss = _largest_batch(layout, req, limit, mem.batched_tokens)
+    speculation = (
+        timing.Speculation(req.speculative_tokens, req.draft_acceptance, draft)
+        if req.speculative_tokens
+        else None
+    )
+    batch, predicted, slo_miss = _largest_batch(layout, req, limit, mem.batched_tokens, speculation)
     if slo_miss is not None:
         return reject(f"misses the SLO even with one sequence: {slo_miss}")
     dollars = cost.cost_per_hour(gpu, 1 if gpu.is_cpu else tp * pp)

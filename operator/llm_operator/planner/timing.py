@@ -80,6 +80,28 @@ class Timing:
     running: int
 
 
+@dataclass(frozen=True)
+class Speculation:
+    """Speculative decoding as the timing model sees it.
+
+    Each decode step the proposer drafts `tokens` tokens per sequence (reading
+    `draft_bytes` of weights per drafted token: 0 for n-gram lookup) and the model verifies
+    them all in one pass; each is accepted with probability `acceptance`, independently,
+    up to the first rejection, and the pass adds one token of its own. A step therefore
+    yields (1 - a^(k+1)) / (1 - a) tokens per sequence (Leviathan et al., "Fast Inference
+    from Transformers via Speculative Decoding", arXiv:2211.17192, eq. 1).
+    """
+
+    tokens: int
+    acceptance: float
+    draft_bytes: int = 0
+
+    @property
+    def tokens_per_step(self) -> float:
+        a = min(max(self.acceptance, 0.0), 0.999)
+        return (1 - a ** (self.tokens + 1)) / (1 - a)
+
+
 def compute_flops_per_gpu(gpu: GpuType, quantization: str) -> float:
     """Dense tensor FLOP/s one device reaches in the format's compute type.
 
@@ -232,10 +254,12 @@ def decode_step_s(layout: Layout, batch: int, context: float) -> float:
     return step_s(layout, max(1, batch), context)
 
 
-def _chunks(input_tokens: int, room: int) -> list[tuple[int, float]]:
-    """A prompt cut into chunks of at most `room` tokens: (size, mean attention span)."""
+def _chunks(input_tokens: int, room: int, cached: int = 0) -> list[tuple[int, float]]:
+    """The uncached part of a prompt cut into chunks of at most `room` tokens: (size, mean
+    attention span). The first `cached` tokens come from the prefix cache: they are not
+    computed, but every later token attends to them."""
     out = []
-    done = 0
+    done = min(cached, input_tokens)
     while done < input_tokens:
         size = min(room, input_tokens - done)
         out.append((size, done + size / 2))
@@ -243,21 +267,44 @@ def _chunks(input_tokens: int, room: int) -> list[tuple[int, float]]:
     return out
 
 
-def _prompt_s(layout: Layout, input_tokens: int, decodes: int, context: float, room: int) -> float:
+def _prompt_s(
+    layout: Layout, input_tokens: int, decodes: int, context: float, room: int, cached: int = 0
+) -> float:
     """Wall time of one prompt's prefill steps, `decodes` other sequences decoding in each."""
     return sum(
         step_s(layout, decodes, context, size, span)
-        for size, span in _chunks(input_tokens, max(1, room))
+        for size, span in _chunks(input_tokens, max(1, room), cached)
     )
 
 
-def prefill_s(layout: Layout, input_tokens: int, chunk_tokens: int | None = None) -> float:
+def prefill_s(
+    layout: Layout, input_tokens: int, chunk_tokens: int | None = None, cached: int = 0
+) -> float:
     """Prefill of one prompt on an idle replica, in chunks of `chunk_tokens` (None: one
-    pass), with the request's fixed latency and admission: TTFT without load."""
+    pass), `cached` of its tokens from the prefix cache, with the request's fixed latency
+    and admission: TTFT without load."""
     eff = layout.efficiency
-    room = chunk_tokens or max(1, input_tokens)
+    room = chunk_tokens or max(1, input_tokens - cached)
     latency = (eff.request_overhead_ms + eff.admission_ms) / 1e3
-    return _prompt_s(layout, input_tokens, 0, 0.0, room) + latency
+    return _prompt_s(layout, input_tokens, 0, 0.0, room, cached) + latency
+
+
+def _decode_token_s(
+    layout: Layout, running: int, context: float, speculation: Speculation | None
+) -> float:
+    """Time per output token of one decode step of `running` sequences: the step itself,
+    or with speculation the verification of every drafted token plus the drafting, over
+    the tokens a step yields."""
+    if speculation is None:
+        return step_s(layout, running, context)
+    k = speculation.tokens
+    verify = step_s(layout, running, context, running * k, context)
+    bandwidth = layout.gpu.memory_bandwidth_gbps * 1e9 * layout.efficiency.bandwidth
+    draft = k * (
+        speculation.draft_bytes / layout.tensor_parallel / bandwidth
+        + layout.efficiency.layer_overhead_us * 1e-6
+    )
+    return (verify + draft) / speculation.tokens_per_step
 
 
 def _md1(load: float, service: float, cap: float) -> tuple[float, float]:
@@ -282,9 +329,15 @@ def predict(
     concurrency: int,
     chunk_tokens: int | None = None,
     max_sequences: int | None = None,
+    prefix_hit: float = 0.0,
+    speculation: Speculation | None = None,
 ) -> Timing:
     """Steady state of `concurrency` requests in flight, each prompt `input_tokens`, reply
     `output_tokens` (a closed loop: a finished request is replaced by a new one).
+
+    `prefix_hit` of each prompt's tokens come from the prefix cache (only the rest is
+    prefilled, attending to all of it); `speculation` makes each decode step verify drafted
+    tokens and yield more than one per sequence (`Speculation`).
 
     The replica runs at most `max_sequences` at once (None: all); the rest wait for a
     slot, which adds to TTFT, not to the batch. A running request's prompt is prefilled
@@ -307,15 +360,19 @@ def predict(
     eff = layout.efficiency
     n_in = max(0, input_tokens)
     n_out = max(1, output_tokens)
+    cached = min(n_in, round(n_in * max(0.0, prefix_hit)))
+    fresh = n_in - cached  # the prompt tokens that are computed
     running = max(1, concurrency if max_sequences is None else min(concurrency, max_sequences))
     context = n_in + n_out / 2
-    budget = chunk_tokens or max(1, n_in)
-    room = max(1, budget - (running - 1)) if chunk_tokens else budget
-    chunks = _chunks(n_in, room)
-    t_dec = step_s(layout, running, context)
-    own = _prompt_s(layout, n_in, running - 1, context, room)
+    budget = chunk_tokens or max(1, fresh)
+    # Each decode takes one token of the step's budget, and its drafted tokens too.
+    per_decode = 1 + (speculation.tokens if speculation is not None else 0)
+    room = max(1, budget - (running - 1) * per_decode) if chunk_tokens else budget
+    chunks = _chunks(n_in, room, cached)
+    t_dec = _decode_token_s(layout, running, context, speculation)
+    own = _prompt_s(layout, n_in, running - 1, context, room, cached)
     extra = max(0.0, own - len(chunks) * step_s(layout, running - 1, context))
-    steps = max(len(chunks) + n_out - (1 if chunks else 0), running * n_in / room)
+    steps = max(len(chunks) + n_out - (1 if chunks else 0), running * fresh / room)
     cycle = steps * t_dec + running * extra
     admit = eff.admission_ms / 1e3
     latency = eff.request_overhead_ms / 1e3 + admit
@@ -323,8 +380,8 @@ def predict(
     # Two servers a request queues for: the frontend, one admission at a time, and the
     # prefill budget, where one prompt occupies n_in / room steps of a full budget (its
     # last, partial chunk leaves the rest of that step to the next prompt).
-    full = step_s(layout, running - 1, context, min(room, n_in), n_in / 2)
-    service = (n_in / room) * full if chunks else 0.0
+    full = step_s(layout, running - 1, context, min(room, fresh), cached + fresh / 2)
+    service = (fresh / room) * full if chunks else 0.0
     rate = running / (latency + cycle)
     wait, wait_p95 = _md1(rate * service, service, (running - 1) * service)
     front, front_p95 = _md1(rate * admit, admit, (concurrency - 1) * admit)
@@ -349,7 +406,7 @@ def predict(
         tpot_ms=tpot * 1e3,
         output_tokens_per_second=rate * output_tokens,
         step_ms=t_dec * 1e3,
-        prefill_ms=prefill_s(layout, n_in, chunk_tokens) * 1e3,
+        prefill_ms=prefill_s(layout, n_in, chunk_tokens, cached) * 1e3,
         ttft_p95_ms=(base_ttft + front_p95 + wait_p95 + in_flight) * 1e3,
         tpot_p95_ms=tpot_p95 * 1e3,
         queue_ms=queue * 1e3,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from llm_operator.kube import ClusterView, Kube
+from llm_operator.kube import ClusterView, Kube, PodProblems
 from llm_operator.reconcile import diff
 from llm_operator.reconcile.desired import LABEL_LLMD, ChildState, DownloadState, WorkloadState
 
@@ -67,12 +67,15 @@ def child_state(
     # NOTE: only a workload short of ready replicas can have pods the scheduler refused;
     # a healthy one costs no pod listing (the pass runs for every object every interval).
     short = any(w.ready_replicas < w.wanted for w in workloads)
-    unschedulable = (
-        kube.pod_unschedulable(meta["namespace"], f"{LABEL_LLMD}={meta['name']}") if short else None
+    problems = (
+        kube.pod_problems(meta["namespace"], f"{LABEL_LLMD}={meta['name']}")
+        if short
+        else PodProblems()
     )
     return ChildState(
         workloads=tuple(w.state for w in workloads),
-        unschedulable=unschedulable,
+        unschedulable=problems.unschedulable,
+        failing=problems.failing,
         missing_secret=secret,
         downloads=tuple(_download_state(o) for o in live.values() if o["kind"] == "Job"),
     )

@@ -104,6 +104,8 @@ class ChildState:
     Attributes:
         workloads: every live workload child (two while one replaces the other).
         unschedulable: the scheduler's message for a pending pod, if any.
+        failing: what happened to an engine container that stopped or cannot start, if
+            anything (`kube.container_failure`).
         missing_secret: what is wrong with a Secret the pods need (absent, or without
             the key), if anything.
         downloads: the live download Jobs of the shared model cache.
@@ -111,6 +113,7 @@ class ChildState:
 
     workloads: tuple[WorkloadState, ...] = ()
     unschedulable: str | None = None
+    failing: str | None = None
     missing_secret: str | None = None
     downloads: tuple[DownloadState, ...] = ()
 
@@ -353,6 +356,11 @@ def desired_state(
         if not cond.is_true(old.conditions, cond.DEGRADED):
             events.append(Event("Warning", "Unschedulable", children.unschedulable))
         put(cond.DEGRADED, "True", "Unschedulable", children.unschedulable)
+    elif children.failing:
+        degraded = cond.get_condition(old.conditions, cond.DEGRADED)
+        if degraded is None or degraded.reason != "EngineFailing":
+            events.append(Event("Warning", "EngineFailing", children.failing))
+        put(cond.DEGRADED, "True", "EngineFailing", children.failing)
     else:
         put(cond.DEGRADED, "False", "AsExpected", "")
     if children.missing_secret:
@@ -381,12 +389,13 @@ def desired_state(
             "ready_replicas": ready,
             "desired_replicas": replicas,
             "selector": f"{LABEL_LLMD}={llmd.metadata.get('name', '')}",
+            # Cents: the column shows $/hr with two decimals.
             "cost_per_hour": round(
-                chosen.cost_per_hour * max(existing, 0) + handover.previous_cost_per_hour, 4
+                chosen.cost_per_hour * max(existing, 0) + handover.previous_cost_per_hour, 2
             ),
             "handover": handover.record,
         }
-    )
+    ).with_shown_rate()
     return Desired(objects=objects, prune=True, status=status, events=events, keep=handover.keep)
 
 
