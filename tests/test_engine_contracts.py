@@ -1,4 +1,4 @@
-"""Contract tests: what we render for vLLM and TGI, fed to the engines' own rules.
+"""Contract tests: what we render for vLLM, TGI and llama.cpp, fed to the engines' own rules.
 
 Every example in examples/ is rendered with `llmctl render` (the CLI, as a user runs it);
 the engine container's argv and env are taken out of the rendered pod and checked:
@@ -10,6 +10,9 @@ the engine container's argv and env are taken out of the rendered pod and checke
   nodeSelector and GPU limit), with the model's config.json from e2e/contracts/configs/.
 * TGI 3.3.6 by e2e/contracts/tgi_check.py: the launcher's clap flag table taken from the
   source at that tag (tgi-3.3.6-launcher.json) and the launcher's own argument checks.
+* llama.cpp by the pinned llama-server binary itself (e2e/node/build.sh, the one the real
+  node runs): e2e/contracts/llamacpp_check.py runs it with the rendered args and env and
+  `--help` last, so its parser takes every flag and value and exits before any model.
 
 The env includes what Kubernetes adds to the container: the `kubernetes` Service's
 variables, and the service-link variables of the rendered Services unless the pod sets
@@ -85,6 +88,17 @@ def _load_module(name: str, path: Path) -> ModuleType:
 
 
 tgi_check = _load_module("tgi_check", CONTRACTS / "tgi_check.py")
+llamacpp_check = _load_module("llamacpp_check", CONTRACTS / "llamacpp_check.py")
+
+
+def llamacpp(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """llama-server's own parser on one invocation (skips where the node build is absent:
+    E2E_REAL_NODE=0 builds no llama-server)."""
+    server = llamacpp_check.binary()
+    if not server.exists():
+        pytest.skip(f"{server} is not built (e2e/node/build.sh llama-server)")
+    result: dict[str, Any] = llamacpp_check.check(argv, env, server)
+    return result
 
 
 @cache
@@ -215,6 +229,11 @@ def engine_calls(example: str, objects: list[dict[str, Any]]) -> Rendered:
                             call_id, "vllm", _vllm_argv(container), env, _device(pod, container)
                         )
                     )
+                elif image.startswith("ghcr.io/ggml-org/llama.cpp:server"):
+                    # The image's entrypoint is llama-server; the args are its argv.
+                    assert not container.get("command"), container.get("command")
+                    argv = [str(a) for a in container.get("args", [])]
+                    rendered.calls.append(EngineCall(call_id, "llamacpp", argv, env))
                 elif "text-generation-inference" in image:
                     # The image's entrypoint execs text-generation-launcher with the args.
                     assert not container.get("command"), container.get("command")
@@ -491,6 +510,8 @@ def _check_calls(rendered: Rendered, vllm_results: dict[str, dict[str, Any]]) ->
                 f"{call.id}: no config.json for model {call.argv[:1]} in e2e/contracts/configs/"
             )
             result = vllm_results[call.id]
+        elif call.engine == "llamacpp":
+            result = llamacpp(call.argv, call.env)
         else:
             result = tgi_check.check(call.argv, call.env)
         if not result["ok"]:
@@ -536,7 +557,7 @@ def test_service_links_cannot_reach_the_engine(
 
 def test_every_engine_example_has_a_contract(rendered_examples: dict[str, Rendered]) -> None:
     engines = {c.engine for r in rendered_examples.values() for c in r.calls}
-    assert engines == {"vllm", "tgi"}, engines
+    assert engines == {"vllm", "tgi", "llamacpp"}, engines
 
 
 # ---------------------------------------------------------------- the vLLM checker itself
@@ -712,3 +733,27 @@ def test_tgi_flag_table_is_whole() -> None:
     assert all(f["enum"] in raw["value_enums"] for f in flags if f["type"] == "enum")
     lines = [f["line"] for f in flags]
     assert lines == sorted(lines) and lines[0] > 579 and lines[-1] < 914
+
+
+# ---------------------------------------------------------------- the llama.cpp checker itself
+LLAMACPP_GOOD = ["--host", "0.0.0.0", "--port", "8000", "--ctx-size", "4096", "--parallel", "4"]
+
+# id -> (argv, env, a piece of llama-server's message)
+LLAMACPP_MUST_REFUSE: dict[str, tuple[list[str], dict[str, str], str]] = {
+    "unknown-flag": ([*LLAMACPP_GOOD, "--max-num-seqs", "4"], {}, "invalid argument"),
+    "cache-type-not-offered": (["--cache-type-k", "fp8"], {}, "Unsupported cache type: fp8"),
+    "not-a-number": (["--ctx-size", "abc"], {}, "--ctx-size"),
+    "bad-env-value": ([], {"LLAMA_ARG_CACHE_TYPE_K": "fp8"}, "Unsupported cache type"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LLAMACPP_MUST_REFUSE))
+def test_llamacpp_checker_refuses(name: str) -> None:
+    argv, env, message = LLAMACPP_MUST_REFUSE[name]
+    result = llamacpp(argv, env)
+    assert not result["ok"] and message in result["error"], result
+
+
+def test_llamacpp_checker_accepts() -> None:
+    assert llamacpp(LLAMACPP_GOOD, {}) == {"ok": True, "stage": "parse", "error": ""}
+    assert llamacpp(["--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--kv-unified"], {})["ok"]
