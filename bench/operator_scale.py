@@ -224,11 +224,12 @@ def main() -> int:
     )
     print("| measure | value |")
     print("|---|---|")
-    print(
-        f"| apply -> Deployment created, p50 / p95 / max ({len(latencies)} objects, "
-        f"one after another) | {statistics.median(latencies):.0f} / "
-        f"{percentile(latencies, 0.95):.0f} / {max(latencies):.0f} ms |"
-    )
+    if latencies:  # --latency-objects 0 measures none
+        print(
+            f"| apply -> Deployment created, p50 / p95 / max ({len(latencies)} objects, "
+            f"one after another) | {statistics.median(latencies):.0f} / "
+            f"{percentile(latencies, 0.95):.0f} / {max(latencies):.0f} ms |"
+        )
     print(f"| {args.objects} LLMDeployments created (client, sequential) | {created_s:.1f} s |")
     print(f"| ... all {total} Ready (from the first create) | {wall:.1f} s ({ready} Ready) |")
     print(f"| operator peak RSS | {rss:.0f} MiB |")

@@ -9,7 +9,7 @@ from typing import Any
 
 from kubernetes import client
 
-from llm_operator.kube import Kube, container_failure
+from llm_operator.kube import Kube, PodProblems, container_failure, pod_problems_of
 
 
 class FakeDiscovery:
@@ -114,51 +114,65 @@ def test_the_indexed_view_serves_a_pass_from_memory() -> None:
         {
             "children_services": {("ns", "m"): [child]},
             "children_deployments": {},
-            "refused_pods": {("ns", "m"): ["pod m-1: 0/3 nodes are available"]},
+            "troubled_pods": {
+                ("ns", "m"): [
+                    PodProblems(unschedulable="pod m-1: 0/3 nodes are available"),
+                    PodProblems(failing="pod m-0: container engine CrashLoopBackOff"),
+                ]
+            },
             "nodes": {None: [("NVIDIA-A10G", 1, True), (None, 0, True), ("NVIDIA-A10G", 1, False)]},
         }
     )
     assert view.children("ns", "m") == [child]
     assert view.children("ns", "other") == []
-    assert view.refused_pod("ns", "m") == "pod m-1: 0/3 nodes are available"
-    assert view.refused_pod("ns", "other") is None
+    assert view.pod_problems("ns", "m") == PodProblems(
+        "pod m-1: 0/3 nodes are available", "pod m-0: container engine CrashLoopBackOff"
+    )
+    assert view.pod_problems("ns", "other") == PodProblems()
     inventory = view.node_inventory()
     assert inventory.gpus_per_node == {"NVIDIA-A10G": 1} and inventory.cpu_nodes == 1
 
 
-def _pod(**status: Any) -> client.V1Pod:
-    return client.V1Pod(
-        metadata=client.V1ObjectMeta(name="m-1"),
-        status=client.V1PodStatus(container_statuses=[client.V1ContainerStatus(**status)]),
-    )
+def _pod(**status: Any) -> dict[str, Any]:
+    """A pod as the API serves it (JSON), one container status."""
+    container = {"name": "engine", "ready": False, "restartCount": 0, **status}
+    return {"metadata": {"name": "m-1"}, "status": {"containerStatuses": [container]}}
 
 
-def _state(**kind: Any) -> client.V1ContainerState:
-    return client.V1ContainerState(**kind)
+KILLED = {"terminated": {"exitCode": 137, "reason": "Error"}}
 
 
 def test_a_failing_engine_container_is_described() -> None:
-    base = {"name": "engine", "image": "i", "image_id": "", "restart_count": 0, "ready": False}
-    starting = _pod(**base, state=_state(running=client.V1ContainerStateRunning()))
-    assert container_failure(starting) is None  # a new pod still loading its model
-    killed = _state(terminated=client.V1ContainerStateTerminated(exit_code=137, reason="Error"))
-    assert container_failure(_pod(**base, state=killed)) == (
+    assert container_failure(_pod(state={"running": {}})) is None  # still loading its model
+    assert container_failure(_pod(state=KILLED)) == (
         "pod m-1: container engine stopped (Error, exit code 137) after 0 restart(s)"
     )
     restarted = _pod(
-        **{**base, "restart_count": 2},
-        state=_state(waiting=client.V1ContainerStateWaiting(reason="CrashLoopBackOff")),
-        last_state=killed,
+        restartCount=2, state={"waiting": {"reason": "CrashLoopBackOff"}}, lastState=KILLED
     )
     message = container_failure(restarted)
     assert message is not None
     assert "exit code 137" in message and "restarted 2 time(s)" in message
     assert "CrashLoopBackOff" in message
-    pull = _state(
-        waiting=client.V1ContainerStateWaiting(reason="ImagePullBackOff", message="not found")
-    )
-    assert container_failure(_pod(**base, state=pull)) == (
+    pull = {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}
+    assert container_failure(_pod(state=pull)) == (
         "pod m-1: container engine ImagePullBackOff: not found"
     )
-    healthy = _pod(**{**base, "ready": True, "restart_count": 3}, last_state=killed)
+    healthy = _pod(ready=True, restartCount=3, lastState=KILLED)
     assert container_failure(healthy) is None  # it recovered: nothing to report
+
+
+def test_pod_problems_skip_pods_being_deleted() -> None:
+    refused = {
+        "metadata": {"name": "m-2"},
+        "status": {
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "0/3 nodes are available"}
+            ]
+        },
+    }  # fmt: skip
+    going = {**_pod(state=KILLED), "metadata": {"name": "m-1", "deletionTimestamp": "now"}}
+    assert pod_problems_of([going, refused]) == PodProblems(
+        "pod m-2: 0/3 nodes are available", None
+    )

@@ -29,7 +29,16 @@ from llm_operator.autoscaler import loop, metrics
 from llm_operator.catalog import load_catalog
 from llm_operator.errors import GoneError, InvalidSpecError, TransientError
 from llm_operator.hub import HubOptions
-from llm_operator.kube import Kube, NodeInventory, inventory_of, load_config, node_capacity, trim
+from llm_operator.kube import (
+    Kube,
+    NodeInventory,
+    PodProblems,
+    inventory_of,
+    load_config,
+    node_capacity,
+    pod_problems_of,
+    trim,
+)
 from llm_operator.metrics import (
     API_WRITES,
     AUTOSCALER_TICKS,
@@ -274,14 +283,11 @@ def _child_changed(
         logger.debug("owner reconcile after a child event: %s", err)
 
 
-def _pod_refused(body: kopf.Body, **_: Any) -> bool:
-    """Whether the scheduler refused this pod (PodScheduled=False, Unschedulable)."""
-    return any(
-        c.get("type") == "PodScheduled"
-        and c.get("status") == "False"
-        and c.get("reason") == "Unschedulable"
-        for c in (body.get("status") or {}).get("conditions") or []
-    )
+def _pod_troubled(body: kopf.Body, **_: Any) -> bool:
+    """Whether the scheduler refused this pod or one of its containers stopped or cannot
+    start (`kube.pod_problems_of`)."""
+    problems = pod_problems_of([body])
+    return problems.unschedulable is not None or problems.failing is not None
 
 
 def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any, view: IndexedView) -> None:
@@ -355,7 +361,7 @@ def _autoscale_locked(body: kopf.Body, memo: kopf.Memo, logger: Any, view: Index
 
 # --- watch-fed indexes: what a reconcile pass reads, without a LIST -----------------------
 # Kopf keeps each index up to date from its watch and starts no handler before every
-# index has its initial listing, so a pass reads children, refused pods and nodes from
+# index has its initial listing, so a pass reads children, troubled pods and nodes from
 # memory; values are trimmed (no managedFields, no last-applied copy).
 CHILD_INDEXES = (
     "children_services",
@@ -384,15 +390,11 @@ def index_child(body: kopf.Body, namespace: str | None, labels: Mapping[str, str
     return {(namespace, labels[LABEL_LLMD]): trim(body)}
 
 
-@kopf.index("", "v1", "pods", id="refused_pods", labels=OWNED, when=_pod_refused)
-def index_refused_pod(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
-    """The scheduler's message for a refused engine pod, under (namespace, LLMDeployment)."""
-    message = next(
-        c.get("message", "")
-        for c in (body.get("status") or {}).get("conditions") or []
-        if c.get("type") == "PodScheduled"
-    )
-    return {(namespace, body["metadata"]["labels"][LABEL_LLMD]): f"pod {name}: {message}"}
+@kopf.index("", "v1", "pods", id="troubled_pods", labels=OWNED, when=_pod_troubled)
+def index_troubled_pod(body: kopf.Body, namespace: str | None, **_: Any) -> Any:
+    """What keeps an engine pod from serving, under (namespace, LLMDeployment); a pod
+    leaves the index when it no longer matches (scheduled, or its containers ready)."""
+    return {(namespace, body["metadata"]["labels"][LABEL_LLMD]): pod_problems_of([body])}
 
 
 @kopf.index("", "v1", "nodes", id="nodes")
@@ -427,13 +429,16 @@ class IndexedView:
                 out += _values(index[(namespace, owner)])
         return out
 
-    def refused_pod(self, namespace: str, owner: str) -> str | None:
-        """One refused pod's message, from memory."""
-        index = self.indexes.get("refused_pods")
+    def pod_problems(self, namespace: str, owner: str) -> PodProblems:
+        """The first refused pod and the first failing container, from memory."""
+        index = self.indexes.get("troubled_pods")
         if index is None or (namespace, owner) not in index:
-            return None
-        found = _values(index[(namespace, owner)])
-        return str(found[0]) if found else None
+            return PodProblems()
+        found: list[PodProblems] = _values(index[(namespace, owner)])
+        return PodProblems(
+            unschedulable=next((p.unschedulable for p in found if p.unschedulable), None),
+            failing=next((p.failing for p in found if p.failing), None),
+        )
 
     def node_inventory(self) -> NodeInventory:
         """The nodes, from memory."""
@@ -461,7 +466,7 @@ class IndexedView:
     labels={LABEL_LLMD: kopf.PRESENT},
 )
 @kopf.on.event(
-    "", "v1", "pods", id="refused-pods", labels={LABEL_LLMD: kopf.PRESENT}, when=_pod_refused
+    "", "v1", "pods", id="troubled-pods", labels={LABEL_LLMD: kopf.PRESENT}, when=_pod_troubled
 )
 def child_changed(
     type: str | None, body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any

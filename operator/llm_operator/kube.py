@@ -9,10 +9,11 @@ the handlers and the autoscaler loop.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
@@ -61,8 +62,9 @@ class ClusterView(Protocol):
     def children(self, namespace: str, owner: str) -> list[dict[str, Any]]:
         """The LLMDeployment's children (every kind in CHILD_KINDS), as the API has them."""
 
-    def refused_pod(self, namespace: str, owner: str) -> str | None:
-        """The scheduler's message for one of its pods it refused, if any."""
+    def pod_problems(self, namespace: str, owner: str) -> PodProblems:
+        """What keeps its pods from serving: a pod the scheduler refused, an engine
+        container that stopped or cannot start."""
 
     def node_inventory(self) -> NodeInventory:
         """What the cluster's schedulable nodes offer."""
@@ -382,26 +384,18 @@ class Kube:
             ) from None
 
     def pod_problems(self, namespace: str, selector: str) -> PodProblems:
-        """What keeps pods of the selector from serving: the scheduler's message for a
-        pending, unschedulable one, and what happened to a failing engine container."""
+        """What keeps pods of the selector from serving (`pod_problems_of`), from one LIST
+        read as plain JSON (no client models are built)."""
         try:
-            pods = (
-                client.CoreV1Api(self.api)
-                .list_namespaced_pod(namespace, label_selector=selector)
-                .items
+            # NOTE: _preload_content=False returns the raw HTTP response (the client's
+            # stubs type it as the model list).
+            response: Any = client.CoreV1Api(self.api).list_namespaced_pod(
+                namespace, label_selector=selector, _preload_content=False
             )
+            pods = json.loads(response.data).get("items") or []
         except ApiException as err:
             raise _translate(err, f"listing pods in {namespace}") from err
-        unschedulable = failing = None
-        for pod in pods:
-            if pod.metadata is not None and pod.metadata.deletion_timestamp is not None:
-                continue
-            name = pod.metadata.name if pod.metadata else "?"
-            for c in (pod.status and pod.status.conditions) or []:
-                if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
-                    unschedulable = unschedulable or f"pod {name}: {c.message}"
-            failing = failing or container_failure(pod)
-        return PodProblems(unschedulable=unschedulable, failing=failing)
+        return pod_problems_of(pods)
 
 
 @dataclass(frozen=True)
@@ -427,34 +421,58 @@ FAILING_WAITING_REASONS = frozenset(
 )
 
 
-def container_failure(pod: client.V1Pod) -> str | None:
-    """What happened to an unready container of the pod that exited or cannot start: a
-    sentence naming the pod, the container, the kubelet's reason, the exit code and the
-    restarts; None when every container is ready or merely starting."""
-    name = pod.metadata.name if pod.metadata else "?"
-    for c in (pod.status and pod.status.container_statuses) or []:
-        if c.ready:
+def container_failure(pod: Mapping[str, Any]) -> str | None:
+    """What happened to an unready container of the pod (API JSON) that exited or cannot
+    start: a sentence naming the pod, the container, the kubelet's reason, the exit code
+    and the restarts; None when every container is ready or merely starting."""
+    name = (pod.get("metadata") or {}).get("name", "?")
+    for c in (pod.get("status") or {}).get("containerStatuses") or []:
+        if c.get("ready"):
             continue
-        waiting = c.state.waiting if c.state is not None else None
-        now = c.state.terminated if c.state is not None else None
-        last = c.last_state.terminated if c.last_state is not None else None
-        restarts = c.restart_count or 0
-        if now is not None:
+        state, last = c.get("state") or {}, (c.get("lastState") or {}).get("terminated")
+        waiting, now = state.get("waiting"), state.get("terminated")
+        restarts = int(c.get("restartCount") or 0)
+        if now:
             return (
-                f"pod {name}: container {c.name} stopped ({now.reason or 'exited'}, exit code "
-                f"{now.exit_code}) after {restarts} restart(s)"
+                f"pod {name}: container {c.get('name')} stopped ({now.get('reason') or 'exited'}"
+                f", exit code {now.get('exitCode')}) after {restarts} restart(s)"
             )
-        if last is not None and restarts > 0:
-            why = f"{last.reason or 'exited'}, exit code {last.exit_code}"
-            state = f"; now {waiting.reason}" if waiting is not None and waiting.reason else ""
+        if last and restarts > 0:
+            why = f"{last.get('reason') or 'exited'}, exit code {last.get('exitCode')}"
+            then = f"; now {waiting['reason']}" if waiting and waiting.get("reason") else ""
             return (
-                f"pod {name}: container {c.name} stopped ({why}) and was restarted "
-                f"{restarts} time(s){state}; waiting for it to be ready again"
+                f"pod {name}: container {c.get('name')} stopped ({why}) and was restarted "
+                f"{restarts} time(s){then}; waiting for it to be ready again"
             )
-        if waiting is not None and waiting.reason in FAILING_WAITING_REASONS:
-            detail = f": {waiting.message}" if waiting.message else ""
-            return f"pod {name}: container {c.name} {waiting.reason}{detail}"
+        if waiting and waiting.get("reason") in FAILING_WAITING_REASONS:
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            return f"pod {name}: container {c.get('name')} {waiting['reason']}{detail}"
     return None
+
+
+def unschedulable_message(pod: Mapping[str, Any]) -> str | None:
+    """The scheduler's message for a pod it refused (PodScheduled=False, Unschedulable)."""
+    name = (pod.get("metadata") or {}).get("name", "?")
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if (c.get("type"), c.get("status"), c.get("reason")) == (
+            "PodScheduled",
+            "False",
+            "Unschedulable",
+        ):
+            return f"pod {name}: {c.get('message', '')}"
+    return None
+
+
+def pod_problems_of(pods: Iterable[Mapping[str, Any]]) -> PodProblems:
+    """The first refused pod's and the first failing container's messages (pods being
+    deleted are skipped)."""
+    unschedulable = failing = None
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        unschedulable = unschedulable or unschedulable_message(pod)
+        failing = failing or container_failure(pod)
+    return PodProblems(unschedulable=unschedulable, failing=failing)
 
 
 class ListingView:
@@ -472,9 +490,9 @@ class ListingView:
             for o in self.kube.list_labelled(CHILD_KINDS, namespace, f"{self.label}={owner}")
         ]
 
-    def refused_pod(self, namespace: str, owner: str) -> str | None:
-        """The scheduler's message for a refused pod of the owner."""
-        return self.kube.pod_problems(namespace, f"{self.label}={owner}").unschedulable
+    def pod_problems(self, namespace: str, owner: str) -> PodProblems:
+        """Listed (one LIST of the owner's pods)."""
+        return self.kube.pod_problems(namespace, f"{self.label}={owner}")
 
     def node_inventory(self) -> NodeInventory:
         """Listed at most once per the Kube's inventory TTL."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from llm_operator.kube import ClusterView, Kube, PodProblems
 from llm_operator.reconcile import diff
-from llm_operator.reconcile.desired import LABEL_LLMD, ChildState, DownloadState, WorkloadState
+from llm_operator.reconcile.desired import ChildState, DownloadState, WorkloadState
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,7 @@ def child_state(
     # NOTE: only a workload short of ready replicas can have pods the scheduler refused;
     # a healthy one costs no pod listing (the pass runs for every object every interval).
     short = any(w.ready_replicas < w.wanted for w in workloads)
-    problems = (
-        kube.pod_problems(meta["namespace"], f"{LABEL_LLMD}={meta['name']}")
-        if short
-        else PodProblems()
-    )
+    problems = view.pod_problems(meta["namespace"], meta["name"]) if short else PodProblems()
     return ChildState(
         workloads=tuple(w.state for w in workloads),
         unschedulable=problems.unschedulable,

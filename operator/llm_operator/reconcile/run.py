@@ -236,7 +236,7 @@ def reconcile_once(
 ) -> Outcome:
     """Plan, render, apply and prune one LLMDeployment; return the status to write.
 
-    `view` serves the children, refused pods and nodes (the operator passes its watch-fed
+    `view` serves the children, troubled pods and nodes (the operator passes its watch-fed
     indexes, so a pass at rest reads nothing from the API); without it they are listed.
 
     Raises:
