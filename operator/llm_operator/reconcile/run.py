@@ -135,6 +135,7 @@ def resolve_model(
         "spec.model.name",
         f"{where}: name a model on the Hub or in the catalog, or set spec.model.architecture",
         ", or set spec.model.architecture",
+        "spec.model.architecture",
     ):
         resolved = resolver(model.name, revision=model.revision, token=token, options=hub_options)
     return resolved.architecture
@@ -170,7 +171,7 @@ def resolve_draft(
     token = _token(kube, llmd)
     field = "spec.features.speculativeDecoding.model"
     fix = f": name a draft head ({spec.method}) on the Hub trained for {llmd.spec.model.name}"
-    with _hub_failures(llmd, token, field, fix, ""):
+    with _hub_failures(llmd, token, field, fix, "", field):
         config = fetch(spec.model, token=token, options=hub_options)
         return draft_head_from_config(
             config, spec.method, target, llmd.spec.model.name, f"config.json of {spec.model}"
@@ -189,12 +190,18 @@ def _token(kube: Kube, llmd: LLMDeployment) -> str | bool:
 
 @contextlib.contextmanager
 def _hub_failures(
-    llmd: LLMDeployment, token: str | bool, field: str, not_found: str, gated_or: str
+    llmd: LLMDeployment,
+    token: str | bool,
+    field: str,
+    not_found: str,
+    gated_or: str,
+    config_field: str,
 ) -> Iterator[None]:
     """Turn what the Hub (and the file it gave) said into a field-named error.
 
-    `not_found` follows the Hub's message for a missing repository, `gated_or` the hint
-    for a gated one; a config the planner cannot use names `field`.
+    A missing repository names `field`, followed by `not_found`; a gated one names the
+    token Secret, followed by `gated_or`; a config.json that cannot be used names
+    `config_field`.
     """
     secret = llmd.spec.model.hf_token_secret
     namespace = str(llmd.metadata.get("namespace") or "")
@@ -221,9 +228,7 @@ def _hub_failures(
             f"{field}: reading config.json: {err}", delay=HUB_RETRY_DELAY_S
         ) from err
     except ConfigError as err:
-        raise InvalidSpecError(
-            "spec.model.architecture" if field == "spec.model.name" else field, str(err)
-        ) from err
+        raise InvalidSpecError(config_field, str(err)) from err
 
 
 def reconcile_once(
