@@ -13,6 +13,7 @@ import requests
 from prometheus_api_client.exceptions import PrometheusApiClientException
 
 from llm_operator.autoscaler import metrics
+from llm_operator.autoscaler.decide import unreliable
 from llm_operator.autoscaler.metrics import build_queries, make_client, observe
 from tests.fakes import Answer, FakePrometheus, vector
 
@@ -106,8 +107,18 @@ def test_tgi_has_no_kv_query() -> None:
 
 
 def test_samples_of_several_series_are_summed() -> None:
-    fake = FakePrometheus({"tokens_predicted": vector(100, 250)})
+    series = [
+        {"metric": {"pod": pod}, "value": [1700000000.0, value]}
+        for pod, value in (("a", "100"), ("b", "250"))
+    ]
+    fake = FakePrometheus({"tokens_predicted": series})
     assert observe(fake, "llamacpp", "ns", "m", timeout_s=1).output_tokens_per_second == 350.0
+
+
+def test_the_same_series_twice_is_not_summed() -> None:
+    fake = FakePrometheus({"tokens_predicted": vector(100, 250)})  # both labelled {}
+    obs = observe(fake, "llamacpp", "ns", "m", timeout_s=1)
+    assert not obs.available and "the same series twice" in obs.unavailable_reason
 
 
 def test_scalar_result_from_an_override() -> None:
@@ -153,10 +164,13 @@ def test_failed_auxiliary_query_leaves_that_field_unknown() -> None:
     assert obs.kv_cache_usage is None
 
 
-def test_negative_rates_are_clamped() -> None:
-    # rate() is never negative, but an override (deriv, delta) can be.
+def test_negative_rates_are_passed_on_for_decide_to_refuse() -> None:
+    # rate() is never negative, but an override (deriv, delta) can be: not clamped into
+    # "no load" (a scale-down), refused by decide.unreliable (a hold).
     fake = FakePrometheus({"generation_tokens": vector(-3)}, default=vector(0))
-    assert observe(fake, "vllm", "ns", "m", timeout_s=1).output_tokens_per_second == 0.0
+    obs = observe(fake, "vllm", "ns", "m", timeout_s=1)
+    assert obs.output_tokens_per_second == -3.0
+    assert "negative" in (unreliable(obs, replicas=1, planned=1000.0) or "")
 
 
 def test_unreachable_prometheus_is_unavailable_at_once() -> None:

@@ -8,9 +8,11 @@ returned `Decision.state`. The benchmark `bench/autoscale_replay.py` drives it t
 
 The rules, in order (docs/autoscaling.md explains them):
 
-1. No data, no action: when Prometheus is unreachable or has no series, replicas stay
-   where they are (only the spec's bounds and the budget still apply) and the windows start
-   again once data is back, so a gap never leads to a scale-down.
+1. No data, no action: when Prometheus is unreachable or has no series, or what it answers
+   cannot be a measurement (`unreliable`: a negative rate, more tokens/s than the replicas
+   could produce by far), replicas stay where they are (only the spec's bounds and the
+   budget still apply) and the windows start again once data is back, so a gap never
+   leads to a scale-down.
 2. Demand is the observed output tokens/s, plus what the queue asks for: with W requests
    waiting and R running, demand = served x (1 + W / R).
 3. Capacity per replica is the planner's prediction x targetUtilization; while replicas are
@@ -45,6 +47,15 @@ SETTLE_S: Final = 120.0  # two rate windows: no capacity measurement right after
 # NOTE: a measured capacity outside [1/4, 4] x the planner's prediction is taken as a
 # measuring error (a replica still warming up, a stuck counter), not as the replica's speed.
 CAPACITY_BOUNDS: Final = (0.25, 4.0)
+# NOTE: a replica is trusted to outrun its prediction by CAPACITY_BOUNDS' 4x, not by 100x:
+# a rate above 100x the predicted tokens/s of the replicas that exist is garbage (a rate
+# across a spurious counter reset adds the whole counter, e.g. 1e9 tokens / 60 s). The
+# margin is wide so that a tokensPerSecondQuery counting demand at a gateway, which can
+# exceed what is served (at zero replicas, say), is not mistaken for garbage.
+IMPLAUSIBLE_RATE_FACTOR: Final = 100.0
+# NOTE: an engine pod holds an open socket per request it keeps; Linux caps a process at
+# fs.nr_open = 2**20 descriptors by default, so no pod holds more requests than that.
+MAX_REQUESTS_PER_REPLICA: Final = 2**20
 _EPS: Final = 1e-9
 
 # Reasons (CamelCase, for status.lastScalingReason and events).
@@ -272,6 +283,63 @@ def affordable_replicas(policy: Policy, replica: ReplicaModel) -> int | None:
     return max(0, math.floor(policy.max_cost_per_hour / replica.cost_per_hour + _EPS))
 
 
+def unreliable(observation: Observation, replicas: int, planned: float) -> str | None:
+    """Why an observation cannot be a measurement of `replicas` replicas, or None.
+
+    Whatever Prometheus answers that no engine could have produced (a proxy's garbage, a
+    rate across a spurious counter reset, a broken recording rule) is refused, not clipped
+    into a scale-up or a scale-down:
+
+    - the token rate is not a finite number, or is negative (a rate of generated tokens
+      never is; `delta()` or `deriv()` of a counter across a reset can be);
+    - the token rate exceeds `IMPLAUSIBLE_RATE_FACTOR` x what `replicas` replicas of the
+      plan's predicted tokens/s produce;
+    - a request count (running, waiting) is not a finite number, is negative, or exceeds
+      `MAX_REQUESTS_PER_REPLICA` per replica.
+
+    A KV-cache usage outside 0..1 is not refused but ignored (`_refine_capacity`): it only
+    tells saturation, and an engine reporting a percentage would otherwise look saturated.
+
+    Args:
+        observation: an available observation.
+        replicas: replicas whose output the rate can count: max(1, current, ready).
+        planned: one replica's predicted output tokens/s.
+
+    Returns:
+        A sentence for MetricsAvailable, or None when the observation can be acted on.
+    """
+    tokens = observation.output_tokens_per_second
+    if tokens is None:
+        return observation.unavailable_reason or "no data"
+    if not math.isfinite(tokens):
+        return f"output tokens/s is {tokens}, not a finite number"
+    if tokens < 0:
+        return f"output tokens/s is {tokens:.6g}: negative, and a rate of generated tokens never is"
+    limit = IMPLAUSIBLE_RATE_FACTOR * planned * replicas
+    if tokens > limit:
+        return (
+            f"output tokens/s {tokens:.3g} is more than {IMPLAUSIBLE_RATE_FACTOR:.0f}x what "
+            f"{replicas} replica(s) of {planned:.0f} tokens/s produce ({limit:.3g}): "
+            "not a measurement (a rate across a counter reset, a duplicated series?)"
+        )
+    counts = (
+        ("running requests", observation.running_requests),
+        ("waiting requests", observation.waiting_requests),
+    )
+    most = MAX_REQUESTS_PER_REPLICA * replicas
+    for what, count in counts:
+        if count is None:
+            continue
+        if not math.isfinite(count) or count < 0:
+            return f"{what} is {count:.6g}, not a count (negative or not a finite number)"
+        if count > most:
+            return (
+                f"{what} {count:.3g} is more than {replicas} pod(s) can hold "
+                f"({MAX_REQUESTS_PER_REPLICA} each): not a measurement"
+            )
+    return None
+
+
 def decide(
     observation: Observation,
     *,
@@ -300,12 +368,11 @@ def decide(
     affordable = affordable_replicas(policy, replica)
     planned = max(replica.output_tokens_per_second, _EPS)
 
-    if observation.output_tokens_per_second is None or not math.isfinite(
-        observation.output_tokens_per_second
-    ):
-        return _hold(observation, now, current, policy, replica, state, affordable, planned)
+    why = unreliable(observation, max(1, current, ready_replicas), planned)
+    served = observation.output_tokens_per_second
+    if why is not None or served is None:
+        return _hold(why or "no data", now, current, policy, replica, state, affordable, planned)
 
-    served = max(0.0, observation.output_tokens_per_second)
     estimate, saturated_since = _refine_capacity(
         observation, served, now, current, ready_replicas, planned, state
     )
@@ -370,7 +437,7 @@ def decide(
 
 
 def _hold(
-    observation: Observation,
+    why: str,
     now: float,
     current: int,
     policy: Policy,
@@ -379,11 +446,11 @@ def _hold(
     affordable: int | None,
     planned: float,
 ) -> Decision:
-    """No data: keep replicas; only the spec's bounds and the budget still apply."""
+    """No data (or none to trust): keep replicas; only the spec's bounds and the budget
+    still apply."""
     desired = min(max(current, policy.min_replicas), policy.max_replicas)
     if affordable is not None:
         desired = min(desired, affordable)
-    why = observation.unavailable_reason or "no data"
     message = f"metrics unavailable ({why}); keeping {desired} replicas"
     if desired != current:
         message = f"metrics unavailable ({why}); {current} -> {desired} replicas to meet the bounds"
@@ -433,6 +500,7 @@ def _refine_capacity(
     estimate = state.capacity_estimate
     waiting = observation.waiting_requests or 0.0
     kv = observation.kv_cache_usage
+    kv = kv if kv is not None and 0.0 <= kv <= 1.0 else None  # not a fraction: unknown
     saturated = waiting > 0 or (kv is not None and kv >= SATURATED_KV_USAGE)
     since = (
         (state.saturated_since if state.saturated_since is not None else now) if saturated else None

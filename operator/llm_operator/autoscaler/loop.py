@@ -116,7 +116,13 @@ def tick(
     )
     return Tick(
         decision=decision,
-        status=_status(llmd, status, decision, observation.output_tokens_per_second),
+        # NOTE: a rate decide() refused (negative, astronomical) is not shown either.
+        status=_status(
+            llmd,
+            status,
+            decision,
+            observation.output_tokens_per_second if decision.metrics_available else None,
+        ),
         scaled=decision.replicas != current,
         budget_newly_limited=(
             decision.budget_limited and not cond.is_true(status.conditions, cond.BUDGET_LIMITED)

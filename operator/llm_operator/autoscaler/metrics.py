@@ -3,12 +3,18 @@
 `observe()` runs one instant query per signal (output tokens/s, running and waiting
 requests, KV-cache usage) for one LLMDeployment and returns a plain
 `decide.Observation`. Every query carries a timeout (client side and Prometheus's own
-`timeout` parameter). A failed or empty token-rate query makes the whole observation
-unavailable, which `decide()` answers by keeping the replica count; a failed auxiliary
-query only leaves that field None. Called by the autoscaler loop; `make_client` builds the
-`PrometheusConnect` it passes in. The operator asks through `GroupedObserver`: each
-engine's queries aggregated by (namespace, llmdeployment) once per interval for every
-LLMDeployment, not per object.
+`timeout` parameter); the client's bounds the whole answer, not each read. A failed or
+empty token-rate query makes the whole observation unavailable, which `decide()` answers
+by keeping the replica count; a failed auxiliary query only leaves that field None.
+Called by the autoscaler loop; `make_client` builds the `PrometheusConnect` it passes in.
+The operator asks through `GroupedObserver`: each engine's queries aggregated by
+(namespace, llmdeployment) once per interval for every LLMDeployment, not per object.
+
+Answers are checked here for form: an HTTP error, a body that is not JSON or not a query
+result, a sample that is not `[time, "number"]`, a NaN or infinite token rate and the same
+series twice each fail the query, with a sentence for the MetricsAvailable condition.
+Numbers are passed on as read (a negative rate is not clamped): whether they can be
+measurements is `decide.unreliable`'s call, which knows the plan.
 
 Series are selected by the target labels the PodMonitor relabelling gives every engine
 pod, `namespace` and `llmdeployment` (the same labels e2e/sim/engine_sim.py writes). The
@@ -19,6 +25,7 @@ metric names and queries are each engine's own (`Engine.metrics` in
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +34,7 @@ from string import Template
 from typing import Any, Final, Protocol
 
 import requests
+import urllib3
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
@@ -36,6 +44,10 @@ from llm_operator.autoscaler.decide import Observation
 from llm_operator.engines import Metrics
 
 RATE_WINDOW: Final = "1m"
+# NOTE: the grouped token-rate answer for 10,000 LLMDeployments is about 2 MB; an answer
+# 16x that is not one we asked for, and is not held in memory.
+MAX_ANSWER_BYTES: Final = 32 * 2**20
+_READ_CHUNK: Final = 64 * 1024
 
 
 EngineQueries = Metrics
@@ -52,11 +64,79 @@ class MetricsError(Exception):
     """A query failed or returned something that is not a number."""
 
 
+class AnswerTooLarge(requests.RequestException):
+    """Prometheus sent more than `MAX_ANSWER_BYTES`."""
+
+
+class BoundedSession(requests.Session):
+    """A `requests.Session` whose requests end within their timeout, body included.
+
+    requests applies `timeout` to the connection and to each read, so a server that
+    trickles its answer a few bytes at a time is never timed out, and a tick (and the
+    `GroupedObserver` lock every tick waits on) would wait as long as it trickles. This
+    session reads the body itself and gives up once `timeout` has passed since the request
+    began (at worst one read later), or once the answer exceeds `MAX_ANSWER_BYTES`. The
+    errors are requests' own (`ReadTimeout`, `ChunkedEncodingError`), so callers need not
+    know.
+    """
+
+    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+        """`requests.Session.request`, with the whole answer read within `timeout`."""
+        timeout = kwargs.get("timeout")
+        started = time.monotonic()
+        deadline = started + timeout if isinstance(timeout, int | float) else None
+        response = super().request(method, url, *args, **{**kwargs, "stream": True})
+        try:
+            body = _read_body(response, deadline)
+        except BaseException:
+            response.close()  # drops the connection: the rest of the answer is unread
+            raise
+        # NOTE: `_content` is where requests keeps a read body (`Response.content`); the
+        # client then parses it as usual. The connection goes back to the pool.
+        response._content = body
+        response._content_consumed = True
+        response.close()
+        return response
+
+
+def _read_body(response: Any, deadline: float | None) -> bytes:
+    """The body of a streamed `requests.Response`, read within `deadline` (monotonic s).
+
+    Raises:
+        requests.ReadTimeout: the deadline passed first.
+        AnswerTooLarge: the body exceeds `MAX_ANSWER_BYTES`.
+        requests.exceptions.ChunkedEncodingError: the connection closed mid-answer.
+        requests.exceptions.ContentDecodingError: the body does not decode.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if deadline is not None and time.monotonic() > deadline:
+            raise requests.ReadTimeout("the answer did not arrive within the timeout")
+        try:
+            # read1: what has arrived (up to a chunk), so the deadline is checked between
+            # reads even when the server sends a byte at a time.
+            chunk = response.raw.read1(_READ_CHUNK, decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.ReadTimeout(exc) from exc
+        except urllib3.exceptions.DecodeError as exc:
+            raise requests.exceptions.ContentDecodingError(exc) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.exceptions.ChunkedEncodingError(exc) from exc
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise AnswerTooLarge(f"more than {MAX_ANSWER_BYTES} bytes")
+        chunks.append(chunk)
+
+
 def make_client(url: str, timeout_s: float) -> PrometheusConnect:
-    """A `PrometheusConnect` with a timeout on every request and no retries.
+    """A `PrometheusConnect` with a timeout on every request, answer included, and no retries.
 
     The library retries failed requests 3 times with backoff by default; the loop runs
     again within seconds, so one attempt per query keeps a call within its timeout.
+    `BoundedSession` makes the timeout hold for the whole answer, not for each read.
 
     Args:
         url: Prometheus base URL, e.g. http://prometheus-operated.monitoring:9090.
@@ -65,7 +145,15 @@ def make_client(url: str, timeout_s: float) -> PrometheusConnect:
     Returns:
         The client.
     """
-    return PrometheusConnect(url=url, timeout=_whole_seconds(timeout_s), retry=Retry(total=0))
+    # NOTE: read=False makes a read timeout raise as itself (requests.ReadTimeout); with
+    # only total=0, urllib3 wraps it in MaxRetryError, which requests reports as a
+    # ConnectionError ("connection refused or reset" for a server that is merely slow).
+    return PrometheusConnect(
+        url=url,
+        timeout=_whole_seconds(timeout_s),
+        retry=Retry(total=0, read=False),
+        session=BoundedSession(),
+    )
 
 
 def selector(namespace: str, name: str) -> str:
@@ -137,36 +225,55 @@ def _run(client: QueryClient, query: str, timeout_s: float) -> Any:
     """One instant query with its timeout (client side and Prometheus's own); the raw result.
 
     Raises:
-        MetricsError: the request failed or timed out (a sentence for a person).
+        MetricsError: the request failed, timed out or was not answered with a query
+            result (a sentence for a person).
     """
     seconds = _whole_seconds(timeout_s)
     try:
         return client.custom_query(query, params={"timeout": f"{seconds}s"}, timeout=seconds)
-    except (requests.RequestException, PrometheusApiClientException) as exc:
+    # NOTE: custom_query reads `response.json()["data"]["result"]` unchecked: JSON without
+    # them (`{"status":"error",...}` with HTTP 200, a list, null) raises KeyError/TypeError.
+    except (requests.RequestException, PrometheusApiClientException, KeyError, TypeError) as exc:
         raise MetricsError(describe_failure(exc, getattr(client, "url", None), seconds)) from exc
 
 
-def query_scalar(client: QueryClient, query: str, timeout_s: float) -> float | None:
+def query_scalar(
+    client: QueryClient, query: str, timeout_s: float, *, scalar_ok: bool = False
+) -> float | None:
     """Run one instant query and sum its samples.
 
     Args:
         client: a `PrometheusConnect` (or anything with its `custom_query`).
-        query: PromQL returning an instant vector or a scalar.
+        query: PromQL returning an instant vector (or a scalar, with `scalar_ok`).
         timeout_s: seconds allowed, sent to the client and to Prometheus.
+        scalar_ok: accept a scalar result (a `tokensPerSecondQuery` may return one; the
+            engines' queries return vectors, so a bare `[time, "value"]` is malformed).
 
     Returns:
-        The sum of the returned samples; None when the result is empty (no series) or NaN.
+        The sum of the returned samples (negative ones too); None when the result is
+        empty (no series).
 
     Raises:
-        MetricsError: when the request fails, times out or returns something malformed.
+        MetricsError: when the request fails or times out, or the answer is malformed,
+            holds a NaN or infinite sample, or holds the same series twice.
     """
     result = _run(client, query, timeout_s)
     try:
-        values = [float(sample["value"][1]) for sample in _samples(result)]
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        samples = [(_labels(s), _value(s)) for s in _samples(result, scalar_ok)]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise MetricsError(f"malformed result for {query!r}: {result!r:.200}") from exc
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) if finite else None
+    _check_unique(query, [labels for labels, _ in samples])
+    values = [v for _, v in samples]
+    bad = next((v for v in values if not math.isfinite(v)), None)
+    if bad is not None:
+        raise MetricsError(f"no data for {query}: {non_finite(bad)}")
+    return sum(values) if values else None
+
+
+def non_finite(value: float) -> str:
+    """The sentence for a NaN or infinite sample, the value spelt as Prometheus does."""
+    text = "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+    return f"Prometheus answered {text}, not a finite number"
 
 
 def observe(
@@ -194,13 +301,15 @@ def observe(
     """
     queries = build_queries(engine, namespace, name, tokens_query)
     try:
-        tokens = query_scalar(client, queries.output_tokens_per_second, timeout_s)
+        tokens = query_scalar(
+            client, queries.output_tokens_per_second, timeout_s, scalar_ok=bool(tokens_query)
+        )
     except MetricsError as exc:
         return Observation.unavailable(str(exc))
     if tokens is None:
         return Observation.unavailable(f"no data for {queries.output_tokens_per_second}")
     return Observation(
-        output_tokens_per_second=max(0.0, tokens),
+        output_tokens_per_second=tokens,
         running_requests=_optional(client, queries.running_requests, timeout_s),
         waiting_requests=_optional(client, queries.waiting_requests, timeout_s),
         kv_cache_usage=(
@@ -211,42 +320,63 @@ def observe(
     )
 
 
+# Prometheus's error answers carry `"error":"<text>"` (the client quotes the body).
+_ERROR_FIELD: Final = re.compile(r'"error":\s*"((?:[^"\\]|\\.)*)"')
+
+
 def describe_failure(exc: Exception, url: str | None, timeout_s: int) -> str:
     """A person's sentence for a failed query (not the client's URL-encoded traceback)."""
     where = f"Prometheus at {url}" if url else "Prometheus"
     if isinstance(exc, requests.Timeout):
         return f"{where} did not answer within {timeout_s} s"
+    if isinstance(exc, AnswerTooLarge):
+        return f"{where} answered more than {MAX_ANSWER_BYTES // 2**20} MiB"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return f"{where} closed the connection mid-answer"
     if isinstance(exc, requests.ConnectionError):
         return f"cannot connect to {where} (connection refused or reset)"
+    if isinstance(exc, requests.exceptions.JSONDecodeError):
+        return f"{where} answered something that is not JSON"
+    if isinstance(exc, requests.exceptions.ContentDecodingError):
+        return f"{where} answered a body that does not decode"
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         return f"{where} answered HTTP {exc.response.status_code}"
     if isinstance(exc, PrometheusApiClientException):
         text = str(exc)
         code = text.split("HTTP Status Code", 1)[1].split()[0] if "HTTP Status Code" in text else ""
-        return f"{where} answered HTTP {code}" if code else f"{where} refused the query"
+        error = _ERROR_FIELD.search(text)
+        said = f" ({error.group(1)[:200]})" if error else ""
+        return f"{where} answered HTTP {code}{said}" if code else f"{where} refused the query"
+    if isinstance(exc, KeyError | TypeError):
+        return f"{where} answered JSON that is not a query result (no data.result: {exc!r:.100})"
     return f"querying {where} failed ({type(exc).__name__})"
 
 
 def query_by_llmdeployment(
     client: QueryClient, query: str, timeout_s: float
 ) -> dict[tuple[str, str], float]:
-    """Run one instant query aggregated by (namespace, llmdeployment); NaN/Inf dropped.
+    """Run one instant query aggregated by (namespace, llmdeployment).
+
+    Returns:
+        The value per (namespace, llmdeployment), NaN and infinities included: they concern
+        one object, whose observation says so (`GroupedObserver.observe`).
 
     Raises:
-        MetricsError: when the request fails, times out or returns something malformed.
+        MetricsError: when the request fails or times out, or the answer is malformed or
+            holds one (namespace, llmdeployment) twice (nothing in it is trusted then).
     """
     result = _run(client, query, timeout_s)
-    out: dict[tuple[str, str], float] = {}
     try:
-        for sample in _samples(result):
-            labels = sample.get("metric") or {}
-            value = float(sample["value"][1])
-            key = (str(labels.get("namespace", "")), str(labels.get("llmdeployment", "")))
-            if math.isfinite(value):
-                out[key] = out.get(key, 0.0) + value
+        samples = [(_labels(s), _value(s)) for s in _samples(result, scalar_ok=False)]
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise MetricsError(f"malformed result for {query!r}: {result!r:.200}") from exc
-    return out
+    keys = [_key(dict(labels)) for labels, _ in samples]
+    _check_unique(query, [(("namespace", ns), ("llmdeployment", name)) for ns, name in keys])
+    return {key: value for key, (_, value) in zip(keys, samples, strict=True)}
+
+
+def _key(labels: dict[str, str]) -> tuple[str, str]:
+    return labels.get("namespace", ""), labels.get("llmdeployment", "")
 
 
 @dataclass
@@ -304,16 +434,18 @@ class GroupedObserver:
             return Observation.unavailable(table.error)
         key = (namespace, name)
         tokens = table.tokens.get(key)
-        if tokens is None:
+        if tokens is None or not math.isfinite(tokens):
             query = _queries(engine, selector(namespace, name)).output_tokens_per_second
-            return Observation.unavailable(f"no data for {query}")
+            why = "" if tokens is None else f": {non_finite(tokens)}"
+            return Observation.unavailable(f"no data for {query}{why}")
 
         def aux(values: dict[tuple[str, str], float] | None) -> float | None:
+            # A NaN gauge is as good as a failed query: the field is unknown.
             value = None if values is None else values.get(key)
-            return None if value is None else max(0.0, value)
+            return value if value is not None and math.isfinite(value) else None
 
         return Observation(
-            output_tokens_per_second=max(0.0, tokens),
+            output_tokens_per_second=tokens,
             running_requests=aux(table.running),
             waiting_requests=aux(table.waiting),
             kv_cache_usage=aux(table.kv),
@@ -357,23 +489,72 @@ class GroupedObserver:
 def _optional(client: QueryClient, query: str, timeout_s: float) -> float | None:
     """An auxiliary signal: a failure leaves it unknown rather than failing the whole read."""
     try:
-        value = query_scalar(client, query, timeout_s)
+        return query_scalar(client, query, timeout_s)
     except MetricsError:
         return None
-    return None if value is None else max(0.0, value)
 
 
-def _samples(result: Any) -> list[Any]:
+def _samples(result: Any, scalar_ok: bool) -> list[Any]:
     """The samples of an instant-query result.
 
     `custom_query` returns `data.result`: a list of samples for a vector, the bare
-    `[time, "value"]` pair for a scalar (a `tokensPerSecondQuery` may return one).
+    `[time, "value"]` pair for a scalar (a `tokensPerSecondQuery` may return one) or a
+    string (which looks the same: only `scalar_ok` callers take it).
+
+    Raises:
+        TypeError, ValueError: not an instant vector (or scalar, with `scalar_ok`).
     """
     if not isinstance(result, list):
         raise TypeError(f"unexpected result type {type(result).__name__}")
-    if len(result) == 2 and isinstance(result[0], int | float) and isinstance(result[1], str):
-        return [{"value": result}]
+    if len(result) == 2 and _is_number(result[0]) and isinstance(result[1], str):
+        if not scalar_ok:
+            raise ValueError("a scalar or string where an instant vector was expected")
+        return [{"metric": {}, "value": result}]
     return result
+
+
+def _value(sample: Any) -> float:
+    """The number in one sample, which Prometheus writes as `"value": [time, "text"]`.
+
+    Raises:
+        KeyError, TypeError, ValueError: anything else (e.g. a matrix's `values`).
+    """
+    pair = sample["value"]
+    if not (isinstance(pair, list) and len(pair) == 2 and _is_number(pair[0])):
+        raise ValueError(f"sample value {pair!r:.80} is not [time, value]")
+    if not isinstance(pair[1], str):
+        raise TypeError(f"sample value {pair[1]!r:.80} is not a string")
+    return float(pair[1])
+
+
+def _labels(sample: Any) -> tuple[tuple[str, str], ...]:
+    """A sample's label set, sorted (`metric` may be absent for a scalar)."""
+    metric = sample.get("metric") or {}
+    if not isinstance(metric, dict):
+        raise TypeError(f"sample labels {metric!r:.80} are not an object")
+    return tuple(sorted((str(k), str(v)) for k, v in metric.items()))
+
+
+def _check_unique(query: str, label_sets: list[tuple[tuple[str, str], ...]]) -> None:
+    """Prometheus never answers one series twice (it refuses such a vector itself); an
+    answer that does (a proxy merging two Prometheus, a broken federation) is not summed.
+
+    Raises:
+        MetricsError: naming the duplicated series.
+    """
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    for labels in label_sets:
+        if labels in seen:
+            shown = "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
+            raise MetricsError(
+                f"Prometheus answered the same series twice ({shown}) for {query}: "
+                "a duplicated series is not summed"
+            )
+        seen.add(labels)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _escape(value: str) -> str:
