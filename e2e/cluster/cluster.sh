@@ -15,6 +15,9 @@
 #   cluster.sh down      stop everything, leaving no process behind
 #   cluster.sh status    what runs (every process, one line each)
 #   cluster.sh env       print the environment (KUBECONFIG, E2E_PROMETHEUS_URL, E2E_SIM_URL)
+#   cluster.sh kill C    SIGKILL one control plane component (etcd, kube-apiserver,
+#                        kube-controller-manager, kube-scheduler): the e2e fault tests
+#   cluster.sh start-stopped   start again every control plane component that is not running
 #   cluster.sh obs-up KUBECONFIG   only the simulator + Prometheus, for a cluster that
 #   cluster.sh obs-down            is not local (kind, a real one)
 #
@@ -724,8 +727,35 @@ cmd_status() { # exit status 0 only when everything runs
   return $rc
 }
 
+cmd_kill() { # component: SIGKILL (no graceful shutdown: kube-apiserver's takes a minute)
+  local pidfile
+  pidfile="$(kwok_pid_dir)/$1.pid"
+  [[ -f "$pidfile" ]] || die "no control plane component $1 (one of: $(kwok_components | tr '\n' ' '))"
+  [[ "$1" != kwok-controller ]] || die "kwok-controller is not restartable: its node leases would take minutes to expire"
+  if kwok_component_alive "$1"; then
+    kill -KILL "$(cat "$pidfile")"
+    wait_for "$1 to exit" 10 bash -c "! kill -0 $(cat "$pidfile") 2>/dev/null"
+  fi
+  log "killed $1"
+}
+
+cmd_start_stopped() { # kwokctl starts only the components whose pid file names no live process
+  cluster_exists || die "the kwok cluster $CLUSTER_NAME does not exist (cluster.sh up)"
+  kwokctl -v WARN start cluster --name "$CLUSTER_NAME"
+  wait_for "kube-apiserver" 60 apiserver_ready
+  local dead
+  dead="$(kwok_dead_components | tr '\n' ' ')"
+  [[ -z "${dead// /}" ]] || die "could not start $dead (logs: $KWOK_WORKDIR/clusters/$CLUSTER_NAME/logs)"
+  log "every control plane component runs"
+}
+
 case "${1:-}" in
   up) cmd_up ;;
+  kill)
+    [[ -n "${2:-}" ]] || die "usage: cluster.sh kill COMPONENT"
+    cmd_kill "$2"
+    ;;
+  start-stopped) cmd_start_stopped ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) cat "$STATE/env" 2>/dev/null || die "not up" ;;
@@ -736,5 +766,5 @@ case "${1:-}" in
     write_env "$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
     ;;
   obs-down) obs_down ;;
-  *) die "usage: cluster.sh up|down|status|env|obs-up KUBECONFIG|obs-down" ;;
+  *) die "usage: cluster.sh up|down|status|env|kill COMPONENT|start-stopped|obs-up KUBECONFIG|obs-down" ;;
 esac
