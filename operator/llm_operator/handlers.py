@@ -7,6 +7,8 @@ writes status before it lets go: Kopf's own `patch` is applied after a handler r
 outside any lock, so a pass deciding from its (possibly stale) body could undo another's
 replica decision. Domain errors are mapped here: InvalidSpecError -> kopf.PermanentError
 (and a condition naming the field), TransientError -> kopf.TemporaryError with its delay.
+Custom catalog files are re-read at the start of each pass (`refresh_catalog`): a bad one
+keeps the last good catalog and is reported (log line, metrics, event on its ConfigMap).
 Kopf's bookkeeping lives in annotations with the project's prefix, never in `status`.
 """
 
@@ -26,7 +28,8 @@ from prometheus_client import start_http_server
 from llm_operator.api import conditions as cond
 from llm_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION, Condition
 from llm_operator.autoscaler import loop, metrics
-from llm_operator.catalog import load_catalog
+from llm_operator.catalog import Catalog, CatalogError
+from llm_operator.catalog.reload import CatalogFiles, Change
 from llm_operator.errors import GoneError, InvalidSpecError, TransientError
 from llm_operator.hub import HubOptions
 from llm_operator.kube import (
@@ -42,6 +45,9 @@ from llm_operator.kube import (
 from llm_operator.metrics import (
     API_WRITES,
     AUTOSCALER_TICKS,
+    CATALOG_LAST_GOOD,
+    CATALOG_LOAD_FAILURES,
+    CATALOG_VALID,
     IN_FLIGHT,
     OBSERVED_TOKENS,
     PLANNED_COST,
@@ -63,6 +69,7 @@ HUB = HubOptions(cache_dir=SETTINGS.hub_cache_dir, timeout_s=SETTINGS.hub_timeou
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _persisted: dict[str, float] = {}  # uid -> when this process last wrote the scaler state
+log = logging.getLogger(__name__)
 
 
 def _lock(uid: str) -> threading.Lock:
@@ -91,6 +98,10 @@ def _locked(uid: str) -> Iterator[None]:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Kopf settings, clients and the metrics server."""
+    # NOTE: first, so that a bad custom catalog stops the operator before anything else.
+    # Kopf gives each object a shallow copy of this memo: the catalog is read from the one
+    # shared CatalogFiles (`_catalog`), never copied into an attribute of its own.
+    memo.catalogs = load_catalogs()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX
     )
@@ -118,7 +129,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # needs the same credentials (in-cluster ServiceAccount, else KUBECONFIG) loaded here.
     load_config()
     memo.kube = Kube()
-    memo.catalog = load_catalog(SETTINGS.model_catalog, SETTINGS.gpu_catalog)
     memo.prometheus = (
         metrics.make_client(SETTINGS.prometheus_url, SETTINGS.query_timeout_s)
         if SETTINGS.prometheus_url
@@ -134,6 +144,89 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         else None
     )
     start_http_server(SETTINGS.metrics_port)
+
+
+def load_catalogs() -> CatalogFiles:
+    """The catalogs at start: built-in, or the custom files of the settings.
+
+    A custom file that is bad at start stops the operator (Kopf exits non-zero) instead of
+    falling back to the built-in catalog. NOTE: a custom catalog holds the prices and GPU
+    types (memory, node sizes) the running workloads were planned with, and every pass
+    re-plans: starting on another catalog would silently re-plan every existing
+    LLMDeployment (another GPU type or replica count, a budget judged on other prices) and
+    roll its pods. With no last good catalog in this process, reconciling nothing is the
+    safe choice: the workloads keep running as they are, the log names the file, the
+    field and the fix, and the pod restarts (CrashLoopBackOff) until the file is fixed.
+    A running operator never gets here; it keeps its last good catalog (`refresh_catalog`).
+
+    Raises:
+        kopf.PermanentError: a custom catalog file that cannot be read or parsed.
+    """
+    try:
+        catalogs = CatalogFiles(
+            SETTINGS.model_catalog, SETTINGS.gpu_catalog, SETTINGS.catalog_check_interval_s
+        )
+    except CatalogError as err:
+        raise kopf.PermanentError(
+            f"{err}. Not starting: there is no last good catalog to plan with, and the "
+            "built-in one would re-plan the existing LLMDeployments. Fix the file (or its "
+            "ConfigMap) or unset LLM_OPERATOR_GPU_CATALOG / LLM_OPERATOR_MODEL_CATALOG"
+        ) from None  # NOTE: the message names every bad field; pydantic's chain adds noise
+    for kind in ("gpu", "model"):
+        CATALOG_VALID.labels(kind).set(1)
+        CATALOG_LAST_GOOD.labels(kind).set_to_current_time()
+    return catalogs
+
+
+def _catalog_configmap(change: Change) -> tuple[str, str] | None:
+    if change.catalog == "gpu":
+        return SETTINGS.gpu_catalog_configmap
+    return SETTINGS.model_catalog_configmap
+
+
+def _report_catalog(change: Change) -> None:
+    """One log line, the metrics and, when the ConfigMap is known, an event on it."""
+    ref = _catalog_configmap(change)
+    message = change.message(f"{ref[0]}/{ref[1]}" if ref else None)
+    # NOTE: no uid: reading the ConfigMap would need RBAC the operator has no other use
+    # for. `kubectl events --for configmap/NAME` finds the event by kind and name.
+    configmap = None
+    if ref is not None:
+        meta = {"namespace": ref[0], "name": ref[1]}
+        configmap = _body({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta})
+    if change.ok:
+        CATALOG_VALID.labels(change.catalog).set(1)
+        CATALOG_LAST_GOOD.labels(change.catalog).set_to_current_time()
+        log.info("%s", message)
+        if configmap is not None:
+            kopf.info(configmap, reason="CatalogReloaded", message=message)
+    else:
+        CATALOG_VALID.labels(change.catalog).set(0)
+        CATALOG_LOAD_FAILURES.labels(change.catalog).inc()
+        log.error("%s", message)
+        if configmap is not None:
+            kopf.warn(configmap, reason="CatalogInvalid", message=message)
+
+
+def refresh_catalog(memo: kopf.Memo) -> None:
+    """Re-read custom catalog files that changed and report each change.
+
+    Called at the start of every reconcile pass (create, update, resume, a child's change,
+    the drift timer): the files are read at most every LLM_OPERATOR_CATALOG_CHECK_INTERVAL
+    seconds, a valid new catalog is used by the pass that found it and by the next pass of
+    every other LLMDeployment (a child's change, else within LLM_OPERATOR_RECONCILE_INTERVAL),
+    and nothing else is triggered (no re-plan of every object at once). A bad file keeps
+    the last good catalog and is reported once per change of its content.
+    """
+    catalogs: CatalogFiles = memo.catalogs
+    for change in catalogs.refresh():
+        _report_catalog(change)
+
+
+def _catalog(memo: kopf.Memo) -> Catalog:
+    """The catalog in use (every object's memo copy shares the one CatalogFiles)."""
+    catalogs: CatalogFiles = memo.catalogs
+    return catalogs.catalog
 
 
 def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
@@ -208,6 +301,7 @@ def _report(body: kopf.Body, outcome: Outcome) -> None:
 
 def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: Any, view: IndexedView) -> None:
     """One reconcile pass under the object's lock, from a fresh read."""
+    refresh_catalog(memo)
     try:
         outcome, live = _reconcile_locked(body, memo, view)
     except GoneError as err:
@@ -230,7 +324,7 @@ def _reconcile_locked(
         if live is None:
             return None, None
         try:
-            outcome = reconcile_once(memo.kube, memo.catalog, live, OPTIONS, HUB, view)
+            outcome = reconcile_once(memo.kube, _catalog(memo), live, OPTIONS, HUB, view)
         except InvalidSpecError as err:
             RECONCILES.labels("invalid").inc()
             if _write_status(memo.kube, live, _invalid_spec_status(live, err)):
@@ -325,7 +419,7 @@ def _autoscale_locked(body: kopf.Body, memo: kopf.Memo, logger: Any, view: Index
         if tick.scaled:
             try:
                 outcome = reconcile_once(
-                    memo.kube, memo.catalog, {**live, "status": new_status}, OPTIONS, HUB, view
+                    memo.kube, _catalog(memo), {**live, "status": new_status}, OPTIONS, HUB, view
                 )
             except TransientError as err:
                 raise kopf.TemporaryError(str(err), delay=err.delay) from err

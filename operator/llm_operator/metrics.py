@@ -1,6 +1,7 @@
 """The operator's own Prometheus metrics (prometheus-client), served on the metrics port.
 
-Updated by the handlers and the autoscaler loop; names are prefixed `llm_operator_`.
+Updated by the handlers (reconcile passes, catalog reloads) and the autoscaler loop; names are
+prefixed `llm_operator_`.
 """
 
 from __future__ import annotations
@@ -34,4 +35,19 @@ IN_FLIGHT = Gauge(
     "llm_operator_reconciles_in_flight",
     "Reconcile and autoscaler passes running, and those waiting for their object's lock",
     ["state"],
+)
+CATALOG_LOAD_FAILURES = Counter(
+    "llm_operator_catalog_load_failures_total",
+    "Catalog file contents refused at runtime (bad YAML, schema, unreadable), once per change",
+    ["catalog"],
+)
+CATALOG_VALID = Gauge(
+    "llm_operator_catalog_valid",
+    "1 when the catalog file's current content is in use, 0 while the last good one is kept",
+    ["catalog"],
+)
+CATALOG_LAST_GOOD = Gauge(
+    "llm_operator_catalog_last_good_timestamp_seconds",
+    "When the catalog in use was loaded (Unix time)",
+    ["catalog"],
 )

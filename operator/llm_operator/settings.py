@@ -31,6 +31,21 @@ def parse_images(text: str) -> dict[str, str]:
     return out
 
 
+def parse_object_ref(name: str, text: str) -> tuple[str, str] | None:
+    """ "namespace/name" -> ("namespace", "name"); "" -> None.
+
+    Raises:
+        ValueError: not namespace/name.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    namespace, sep, obj = text.partition("/")
+    if not sep or not namespace or not obj or "/" in obj:
+        raise ValueError(f"{name}: {text!r} is not <namespace>/<name>")
+    return namespace, obj
+
+
 def _path(name: str) -> Path | None:
     value = os.environ.get(name, "").strip()
     return Path(value) if value else None
@@ -44,6 +59,13 @@ class Settings:
         namespace: watch only this namespace; empty watches all.
         gpu_catalog: GPU catalog file (the chart mounts its ConfigMap here); None: built-in.
         model_catalog: model catalog file; None: built-in.
+        gpu_catalog_configmap: (namespace, name) of the ConfigMap mounted at gpu_catalog,
+            from LLM_OPERATOR_GPU_CATALOG_CONFIGMAP="namespace/name": catalog reload events
+            are posted on it; None: reported in the log and metrics only.
+        model_catalog_configmap: the same for model_catalog
+            (LLM_OPERATOR_MODEL_CATALOG_CONFIGMAP).
+        catalog_check_interval_s: custom catalog files are re-read at most this often, by
+            the first reconcile pass after it (LLM_OPERATOR_CATALOG_CHECK_INTERVAL).
         prometheus_url: where the autoscaler queries engine metrics; empty disables it.
         metrics_port: port of the operator's own Prometheus metrics.
         health_port: port of the liveness endpoint (/healthz).
@@ -67,6 +89,9 @@ class Settings:
     namespace: str = ""
     gpu_catalog: Path | None = None
     model_catalog: Path | None = None
+    gpu_catalog_configmap: tuple[str, str] | None = None
+    model_catalog_configmap: tuple[str, str] | None = None
+    catalog_check_interval_s: float = 5.0
     prometheus_url: str = ""
     metrics_port: int = 8080
     health_port: int = 8081
@@ -88,6 +113,14 @@ class Settings:
             namespace=env("LLM_OPERATOR_NAMESPACE", ""),
             gpu_catalog=_path("LLM_OPERATOR_GPU_CATALOG"),
             model_catalog=_path("LLM_OPERATOR_MODEL_CATALOG"),
+            gpu_catalog_configmap=parse_object_ref(
+                "LLM_OPERATOR_GPU_CATALOG_CONFIGMAP", env("LLM_OPERATOR_GPU_CATALOG_CONFIGMAP", "")
+            ),
+            model_catalog_configmap=parse_object_ref(
+                "LLM_OPERATOR_MODEL_CATALOG_CONFIGMAP",
+                env("LLM_OPERATOR_MODEL_CATALOG_CONFIGMAP", ""),
+            ),
+            catalog_check_interval_s=float(env("LLM_OPERATOR_CATALOG_CHECK_INTERVAL", "5")),
             prometheus_url=env("LLM_OPERATOR_PROMETHEUS_URL", ""),
             metrics_port=int(env("LLM_OPERATOR_METRICS_PORT", "8080")),
             health_port=int(env("LLM_OPERATOR_HEALTH_PORT", "8081")),

@@ -2,8 +2,8 @@
 
 Each number in the data files cites its public source in a comment. Users replace a
 catalog with their own file (`llmctl --gpu-catalog`, or the operator's ConfigMap mounted
-as a file and named by `LLM_OPERATOR_GPU_CATALOG`). Called by the planner, `llmctl` and
-the operator.
+as a file and named by `LLM_OPERATOR_GPU_CATALOG`, which the operator re-reads when it
+changes: `catalog.reload`). Called by the planner, `llmctl` and the operator.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -44,7 +44,18 @@ class UnknownNameError(LookupError):
 
 
 class CatalogError(ValueError):
-    """A catalog file that cannot be read or does not match the schema."""
+    """A catalog file that cannot be read or does not match the schema.
+
+    Attributes:
+        origin: the file ("built-in gpus.yaml" for a built-in one).
+        problem: what is wrong, each bad field named as written in the YAML
+            (`gpus[3] (H100-SXM-80GB).memoryGB: Input should be greater than 0 (got -80)`).
+    """
+
+    def __init__(self, origin: str, problem: str) -> None:
+        self.origin = origin
+        self.problem = problem
+        super().__init__(f"invalid catalog {origin}: {problem}")
 
 
 class _Entry(BaseModel):
@@ -165,7 +176,76 @@ def _read(path: Path | None, default: str) -> tuple[str, str]:
     try:
         return Path(path).read_text(), str(path)
     except OSError as err:
-        raise CatalogError(f"cannot read catalog {path}: {err.strerror}") from err
+        raise CatalogError(str(path), f"cannot be read ({err.strerror})") from err
+
+
+def _field(loc: tuple[int | str, ...], data: Any) -> str:
+    """`gpus[3] (H100-SXM-80GB).memoryGB`: a pydantic location as written in the YAML, with
+    the entry's name when it has one."""
+    out, node = "", data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                out += f" ({node['name']})"
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out
+
+
+def _problems(err: ValidationError, data: Any, key: str) -> str:
+    """One clause per field pydantic refused (at most five), each naming the field."""
+    if not isinstance(data, dict):
+        if data is None:
+            return f"the file is empty; expected a mapping with a top-level `{key}:` list"
+        return f"expected a mapping with a top-level `{key}:` list, got {type(data).__name__}"
+    clauses = []
+    for e in err.errors()[:5]:
+        clause = f"{_field(e['loc'], data) or '<root>'}: {e['msg']}"
+        if e["type"] not in ("missing", "extra_forbidden") and not isinstance(
+            e.get("input"), dict | list
+        ):
+            clause += f" (got {e.get('input')!r})"
+        clauses.append(clause)
+    if err.error_count() > 5:
+        clauses.append(f"and {err.error_count() - 5} more")
+    return "; ".join(clauses)
+
+
+def _parse(model: type[_Entry], key: str, text: str, origin: str) -> Any:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise CatalogError(origin, f"not valid YAML{where}: {problem}") from err
+    try:
+        return getattr(model.model_validate(data), key)
+    except ValidationError as err:
+        raise CatalogError(origin, _problems(err, data, key)) from err
+
+
+def parse_models(text: str, origin: str = "models catalog") -> tuple[ModelEntry, ...]:
+    """Parse a model catalog YAML text (a top-level `models` list).
+
+    Raises:
+        CatalogError: naming `origin` and each bad field (`models[2] (name).architecture...`).
+    """
+    models: tuple[ModelEntry, ...] = _parse(_ModelFile, "models", text, origin)
+    return models
+
+
+def parse_gpus(text: str, origin: str = "GPU catalog") -> tuple[GpuType, ...]:
+    """Parse a GPU catalog YAML text (a top-level `gpus` list).
+
+    Raises:
+        CatalogError: naming `origin` and each bad field (`gpus[3] (H100).memoryGB: ...`).
+    """
+    gpus: tuple[GpuType, ...] = _parse(_GpuFile, "gpus", text, origin)
+    return gpus
 
 
 def parse_catalog(models_text: str, gpus_text: str, origin: str = "catalog") -> Catalog:
@@ -179,12 +259,10 @@ def parse_catalog(models_text: str, gpus_text: str, origin: str = "catalog") -> 
     Raises:
         CatalogError: naming the file and the bad field.
     """
-    try:
-        models = _ModelFile.model_validate(yaml.safe_load(models_text)).models
-        gpus = _GpuFile.model_validate(yaml.safe_load(gpus_text)).gpus
-    except (yaml.YAMLError, ValidationError) as err:
-        raise CatalogError(f"invalid {origin}: {err}") from err
-    return Catalog(models=models, gpus=gpus)
+    return Catalog(
+        models=parse_models(models_text, f"{origin} (models)"),
+        gpus=parse_gpus(gpus_text, f"{origin} (gpus)"),
+    )
 
 
 @cache
@@ -197,4 +275,7 @@ def load_catalog(models_path: Path | None = None, gpus_path: Path | None = None)
     """
     models_text, models_origin = _read(models_path, "models.yaml")
     gpus_text, gpus_origin = _read(gpus_path, "gpus.yaml")
-    return parse_catalog(models_text, gpus_text, f"{models_origin} / {gpus_origin}")
+    return Catalog(
+        models=parse_models(models_text, models_origin),
+        gpus=parse_gpus(gpus_text, gpus_origin),
+    )
