@@ -126,6 +126,7 @@ class OperatorProcess:
     proc: subprocess.Popen[bytes] | None = None
     health_port: int = 0
     metrics_port: int = 0
+    log_format: str = "plain"  # Kopf's: plain (messages only) or json (with levels)
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the operator and wait until its liveness endpoint answers."""
@@ -143,7 +144,7 @@ class OperatorProcess:
         exe = Path(sys.executable).with_name("llm-operator")
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(exe), "run", "--log-format", "plain"],
+            [str(exe), "run", "--log-format", self.log_format],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

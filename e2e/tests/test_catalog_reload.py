@@ -11,6 +11,7 @@ metrics and a Warning event on the ConfigMap; a valid one is used by the next pa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -106,7 +107,10 @@ def test_malformed_gpu_catalog_keeps_the_last_good_one_and_is_reported(
             "LLM_OPERATOR_GPU_CATALOG_CONFIGMAP": f"{namespace}/{CONFIGMAP}",
             "LLM_OPERATOR_CATALOG_CHECK_INTERVAL": "1",
             "LLM_OPERATOR_RECONCILE_INTERVAL": "30",
+            # The autoscale tick checks the files too (no Prometheus: it scales nothing).
+            "LLM_OPERATOR_AUTOSCALE_INTERVAL": "2",
         },
+        log_format="json",  # with levels: the refusal is an ERROR line
     )
     op.start()
     try:
@@ -129,10 +133,10 @@ def test_malformed_gpu_catalog_keeps_the_last_good_one_and_is_reported(
         create_planned_at("before", GOOD)
         assert metric(op, "llm_operator_catalog_valid") == 1
 
-        # Malformed: the last good catalog plans the next object; reported once.
+        # Malformed: found by the running operator with nothing else happening (the
+        # autoscale tick of "before"), reported once; the last good catalog plans on.
         mark = op.log_size()
         kubelet_write(volume, gpus_yaml(pricePerHour=GOOD, memoryGB=-80), "..2026_01_01_00_01_00.2")
-        create_planned_at("after-bad", GOOD)
 
         def refused() -> bool:
             assert metric(op, "llm_operator_catalog_valid") == 0
@@ -143,15 +147,16 @@ def test_malformed_gpu_catalog_keeps_the_last_good_one_and_is_reported(
             return True
 
         eventually(refused, timeout=20, description="the malformed catalog reported")
-        log = op.log_since(mark).splitlines()
-        errors = [line for line in log if "GPU catalog" in line and "refused" in line]
-        assert len(errors) == 1 and "ERROR" in errors[0], errors
-        assert f"ConfigMap {namespace}/{CONFIGMAP}" in errors[0]
+        create_planned_at("after-bad", GOOD)
+        lines = [json.loads(x) for x in op.log_since(mark).splitlines() if x.startswith("{")]
+        errors = [r for r in lines if "GPU catalog" in r["message"] and "refused" in r["message"]]
+        assert [r["severity"] for r in errors] == ["error"], errors
+        assert f"ConfigMap {namespace}/{CONFIGMAP}" in errors[0]["message"]
         assert op.proc is not None and op.proc.poll() is None, op.tail()
 
-        # Valid again, with another price: used by the next pass, reported as a reload.
+        # Valid again, with another price: found the same way, reported as a reload, and
+        # used by the next pass.
         kubelet_write(volume, gpus_yaml(pricePerHour=NEWER), "..2026_01_01_00_02_00.3")
-        create_planned_at("after-fix", NEWER)
         eventually(
             lambda: (
                 metric(op, "llm_operator_catalog_valid") == 1
@@ -160,6 +165,7 @@ def test_malformed_gpu_catalog_keeps_the_last_good_one_and_is_reported(
             timeout=20,
             description="the new catalog reported",
         )
+        create_planned_at("after-fix", NEWER)
         assert metric(op, "llm_operator_catalog_load_failures_total") == 1
         assert len(catalog_events(core, namespace, "CatalogInvalid")) == 1
     finally:

@@ -212,10 +212,11 @@ def refresh_catalog(memo: kopf.Memo) -> None:
     """Re-read custom catalog files that changed and report each change.
 
     Called at the start of every reconcile pass (create, update, resume, a child's change,
-    the drift timer): the files are read at most every LLM_OPERATOR_CATALOG_CHECK_INTERVAL
-    seconds, a valid new catalog is used by the pass that found it and by the next pass of
-    every other LLMDeployment (a child's change, else within LLM_OPERATOR_RECONCILE_INTERVAL),
-    and nothing else is triggered (no re-plan of every object at once). A bad file keeps
+    the drift timer) and by every autoscale tick: the files are read at most every
+    LLM_OPERATOR_CATALOG_CHECK_INTERVAL seconds, a valid new catalog is used by the pass
+    that found it and by the next pass of every other LLMDeployment (a child's change,
+    else within LLM_OPERATOR_RECONCILE_INTERVAL), and nothing else is triggered (no
+    re-plan of every object at once). A bad file keeps
     the last good catalog and is reported once per change of its content.
     """
     catalogs: CatalogFiles = memo.catalogs
@@ -608,7 +609,14 @@ def drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
     timeout=max(30.0, 6 * SETTINGS.query_timeout_s),
 )
 def autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
-    """Replicas from observed tokens/s (only with LLM_OPERATOR_PROMETHEUS_URL set)."""
+    """Replicas from observed tokens/s (only with LLM_OPERATOR_PROMETHEUS_URL set).
+
+    Also the catalog files' heartbeat: this timer runs every few seconds whatever happens,
+    so a changed file is found (and a bad one reported) within
+    max(LLM_OPERATOR_CATALOG_CHECK_INTERVAL, LLM_OPERATOR_AUTOSCALE_INTERVAL) while any
+    LLMDeployment exists, even when no reconcile pass runs (with none, nothing uses it).
+    """
+    refresh_catalog(memo)
     if memo.prometheus is None:
         return
     _autoscale(body, memo, logger, IndexedView(kwargs))
