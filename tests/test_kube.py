@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from kubernetes import client
 
-from llm_operator.kube import Kube, PodProblems, container_failure, pod_problems_of
+from llm_operator import kube as kube_module
+from llm_operator.errors import TransientError
+from llm_operator.kube import (
+    BoundedApiClient,
+    Kube,
+    PodProblems,
+    container_failure,
+    pod_problems_of,
+)
 
 
 class FakeDiscovery:
@@ -176,3 +187,59 @@ def test_pod_problems_skip_pods_being_deleted() -> None:
     assert pod_problems_of([going, refused]) == PodProblems(
         "pod m-2: 0/3 nodes are available", None
     )
+
+
+# --- an apiserver that does not answer -------------------------------------------------------
+
+
+class _Silent:
+    """A TCP server on 127.0.0.1 that accepts and then says nothing (`stall`) or closes at
+    once (`reset`): what a partition or a broken proxy looks like to a client."""
+
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen()
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            if self.behaviour == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+            else:
+                self.held.append(conn)
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize("behaviour", ["stall", "reset"])
+def test_a_silent_apiserver_is_a_transient_error_within_the_timeout(
+    behaviour: str, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(kube_module, "REQUEST_TIMEOUT_S", (1.0, 1.0))
+    silent = _Silent(behaviour)
+    try:
+        configuration = client.Configuration(host=silent.url)
+        configuration.retries = 0
+        kube = Kube(BoundedApiClient(configuration))
+        start = time.monotonic()
+        with pytest.raises(TransientError) as info:
+            kube.secret_keys("ns", "hf")
+        assert time.monotonic() - start < 5
+        assert "no answer from the API server" in str(info.value)
+    finally:
+        silent.close()

@@ -111,6 +111,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/kopf-finalizer"
     settings.posting.level = logging.INFO
     settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10  # Kopf's default: none
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
     if SETTINGS.peering:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
@@ -34,6 +35,12 @@ from llm_operator.settings import FIELD_MANAGER
 log = logging.getLogger(__name__)
 
 SECRET_TTL_S = 30.0
+# NOTE: the kubernetes client waits forever by default (no `_request_timeout`: urllib3 is
+# given timeout=None), so one stalled connection to the apiserver (a partition, a proxy
+# that stops forwarding) would hold a reconcile thread and its object's lock for good.
+# Every request gets (connect, read) seconds unless the call sets its own; 30 s matches
+# Kopf's settings.networking.request_timeout (handlers.configure).
+REQUEST_TIMEOUT_S: tuple[float, float] = (10.0, 30.0)
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
@@ -166,13 +173,34 @@ def _translate(err: Exception, what: str) -> Exception:
     return TransientError(f"{what}: {err}", delay=10)
 
 
+class BoundedApiClient(client.ApiClient):
+    """The kubernetes client's `ApiClient` whose every request ends.
+
+    A request without its own `_request_timeout` gets `REQUEST_TIMEOUT_S`; a request that
+    gets no answer (refused, reset, timed out) raises `ApiException` with status 0, which
+    every call site already maps (`_translate`: a TransientError, retried with backoff)
+    instead of urllib3's own exceptions escaping as unclassified errors.
+    """
+
+    def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        """`ApiClient.call_api` with a default timeout and network errors as ApiException."""
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = REQUEST_TIMEOUT_S
+        try:
+            return super().call_api(*args, **kwargs)
+        except urllib3.exceptions.HTTPError as err:
+            raise ApiException(
+                status=0, reason=f"no answer from the API server ({type(err).__name__}: {err})"
+            ) from err
+
+
 class Kube:
     """A thin facade over the Kubernetes API for the operator's needs."""
 
     def __init__(
         self, api_client: client.ApiClient | None = None, inventory_ttl_s: float = 10.0
     ) -> None:
-        self.api = api_client or client.ApiClient()
+        self.api = api_client or BoundedApiClient()
         # NOTE: every reconcile pass asks what the nodes offer; nodes change on the scale of
         # minutes (autoscaling groups), so one list per `inventory_ttl_s` serves them all.
         self.inventory_ttl_s = inventory_ttl_s
