@@ -33,6 +33,7 @@ from llm_operator.catalog.reload import CatalogFiles, Change
 from llm_operator.errors import GoneError, InvalidSpecError, TransientError
 from llm_operator.hub import HubOptions
 from llm_operator.kube import (
+    BoundedApiClient,
     Kube,
     NodeInventory,
     PodProblems,
@@ -110,8 +111,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/kopf-finalizer"
     settings.posting.level = logging.INFO
-    settings.networking.request_timeout = 30
-    settings.networking.connect_timeout = 10  # Kopf's default: none
+    settings.networking.request_timeout = SETTINGS.api_timeout_s
+    settings.networking.connect_timeout = min(10.0, SETTINGS.api_timeout_s)  # Kopf's: none
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
     if SETTINGS.peering:
@@ -129,7 +130,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # NOTE: Kopf authenticates its own watches; the kubernetes client the reconcile uses
     # needs the same credentials (in-cluster ServiceAccount, else KUBECONFIG) loaded here.
     load_config()
-    memo.kube = Kube()
+    connect = min(10.0, SETTINGS.api_timeout_s)
+    memo.kube = Kube(BoundedApiClient(timeout_s=(connect, SETTINGS.api_timeout_s)))
     memo.prometheus = (
         metrics.make_client(SETTINGS.prometheus_url, SETTINGS.query_timeout_s)
         if SETTINGS.prometheus_url

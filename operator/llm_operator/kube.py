@@ -182,10 +182,20 @@ class BoundedApiClient(client.ApiClient):
     instead of urllib3's own exceptions escaping as unclassified errors.
     """
 
+    def __init__(
+        self,
+        configuration: client.Configuration | None = None,
+        timeout_s: tuple[float, float] | None = None,
+    ) -> None:
+        """Args: configuration: as `ApiClient`'s; timeout_s: (connect, read) seconds of a
+        request that sets none (None: `REQUEST_TIMEOUT_S`)."""
+        super().__init__(configuration)
+        self.timeout_s = timeout_s
+
     def call_api(self, *args: Any, **kwargs: Any) -> Any:
         """`ApiClient.call_api` with a default timeout and network errors as ApiException."""
         if kwargs.get("_request_timeout") is None:
-            kwargs["_request_timeout"] = REQUEST_TIMEOUT_S
+            kwargs["_request_timeout"] = self.timeout_s or REQUEST_TIMEOUT_S
         try:
             return super().call_api(*args, **kwargs)
         except urllib3.exceptions.HTTPError as err:

@@ -73,6 +73,8 @@ class Settings:
             net: changes of the children are watched and handled as they happen).
         autoscale_interval_s: how often the autoscaler runs per LLMDeployment.
         query_timeout_s: timeout of each Prometheus query.
+        api_timeout_s: timeout of each Kubernetes API request (the read; connecting gets
+            at most 10 s), the operator's and Kopf's.
         peering: Kopf peering name for HA ("" runs standalone).
         monitoring: render PodMonitors (Prometheus Operator present).
         allow_privileged_overrides: let overrides.podTemplatePatch reach the host or raise
@@ -98,6 +100,7 @@ class Settings:
     reconcile_interval_s: float = 300.0
     autoscale_interval_s: float = 15.0
     query_timeout_s: float = 5.0
+    api_timeout_s: float = 30.0
     peering: str = ""
     monitoring: bool = False
     allow_privileged_overrides: bool = False
@@ -127,6 +130,7 @@ class Settings:
             reconcile_interval_s=float(env("LLM_OPERATOR_RECONCILE_INTERVAL", "300")),
             autoscale_interval_s=float(env("LLM_OPERATOR_AUTOSCALE_INTERVAL", "15")),
             query_timeout_s=float(env("LLM_OPERATOR_QUERY_TIMEOUT", "5")),
+            api_timeout_s=float(env("LLM_OPERATOR_API_TIMEOUT", "30")),
             peering=env("LLM_OPERATOR_PEERING", ""),
             monitoring=env("LLM_OPERATOR_MONITORING", "false").lower() == "true",
             allow_privileged_overrides=(
