@@ -632,9 +632,9 @@ cmd_up() {
   mkdir -p "$STATE" "$LOGS" "$LWS_STATE"
   step "tools (build or reuse the pinned binaries)"
   if node_enabled; then
-    "$HERE/tools.sh" etcd kwok k8s lws prometheus containerd node
+    "$HERE/tools.sh" etcd kwok k8s lws prometheus toxiproxy containerd node
   else
-    "$HERE/tools.sh" etcd kwok k8s lws prometheus
+    "$HERE/tools.sh" etcd kwok k8s lws prometheus toxiproxy
   fi
   step "control plane (kwokctl cluster, kwok nodes)"
   cluster_up

@@ -13,7 +13,7 @@
 # images and model are e2e/node/build.sh's (group "node"), cached next to the binaries.
 #
 # Usage: e2e/cluster/tools.sh [--print-bin-dir|--print-crd-dir] [group...]
-#        (groups: etcd kwok k8s helm lws lws-crds prometheus containerd node; default: all but
+#        (groups: etcd kwok k8s helm lws lws-crds prometheus toxiproxy containerd node; default: all but
 #        lws-crds, which lws includes, and without containerd and node when
 #        E2E_REAL_NODE=0)
 set -euo pipefail
@@ -41,6 +41,7 @@ CONTAINERD_VERSION=v2.4.2
 # Prometheus 3.16.0 (its Go module versions are v0.<major><minor>.<patch>): Debian's
 # package is built without the Kubernetes service discovery the e2e scrape uses.
 PROMETHEUS_VERSION=v0.316.0
+TOXIPROXY_VERSION=v2.5.0
 
 command -v go >/dev/null || { echo "tools.sh: Go is required (go 1.26+)" >&2; exit 1; }
 mkdir -p "$BIN_DIR" "$CRD_DIR" "$STAMP_DIR"
@@ -216,21 +217,28 @@ build_prometheus() {
     "prometheus=github.com/prometheus/prometheus/cmd/prometheus"
 }
 
+build_toxiproxy() {
+  require_pin toxiproxy github.com/Shopify/toxiproxy/v2 "$TOXIPROXY_VERSION"
+  build toxiproxy "$TOXIPROXY_VERSION" \
+    "-X github.com/Shopify/toxiproxy/v2.Version=${TOXIPROXY_VERSION#v}" \
+    "toxiproxy-server=github.com/Shopify/toxiproxy/v2/cmd/server"
+}
+
 build_node() {
   "$HERE/../node/build.sh"
 }
 
 groups=("$@")
 if [[ ${#groups[@]} -eq 0 ]]; then
-  groups=(etcd kwok k8s helm lws prometheus)
+  groups=(etcd kwok k8s helm lws prometheus toxiproxy)
   [[ "${E2E_REAL_NODE:-1}" == 0 ]] || groups+=(containerd node)
 fi
 total=$SECONDS
 for g in "${groups[@]}"; do
   case "$g" in
-    etcd | kwok | k8s | helm | lws | prometheus | containerd | node) "build_$g" ;;
+    etcd | kwok | k8s | helm | lws | prometheus | toxiproxy | containerd | node) "build_$g" ;;
     lws-crds) build_lws_crds ;;
-    *) echo "tools.sh: unknown group $g (etcd kwok k8s helm lws lws-crds prometheus containerd node)" >&2; exit 2 ;;
+    *) echo "tools.sh: unknown group $g (etcd kwok k8s helm lws lws-crds prometheus toxiproxy containerd node)" >&2; exit 2 ;;
   esac
 done
 log "binaries in $BIN_DIR, CRDs in $CRD_DIR ($((SECONDS - total))s)"

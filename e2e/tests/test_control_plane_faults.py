@@ -12,51 +12,18 @@ here may kill someone else's control plane.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from test_operator import counter, create, engine_container, get, wait_ready
 
+from faults import LLMD_LABEL, changes, control_plane, outage, violations
 from helpers import GROUP, PLURAL, VERSION, Cluster, condition, eventually
 from helpers import llmd_body as llmd
 from operator_proc import OperatorProcess
-
-E2E = Path(__file__).resolve().parents[1]
-CLUSTER_SH = E2E / "cluster" / "cluster.sh"
-LLMD_LABEL = "serving.llm-operator.io/llmdeployment"
-
-
-def control_plane(*args: str) -> None:
-    """`cluster.sh kill COMPONENT` / `cluster.sh start-stopped` on the local cluster."""
-    done = subprocess.run(
-        [str(CLUSTER_SH), *args], capture_output=True, text=True, timeout=180, env=os.environ
-    )
-    assert done.returncode == 0, f"cluster.sh {' '.join(args)}:\n{done.stdout}{done.stderr}"
-
-
-# kube-controller-manager's and kube-scheduler's leader election gives up after its renew
-# deadline (10 s by default) without an apiserver; they exit and their supervisor starts
-# them again. kwokctl runs them without leader election, so an outage longer than that
-# restarts them here, as a production control plane would.
-LEASE_RENEW_DEADLINE_S = 10.0
-LEADER_ELECTED = ("kube-controller-manager", "kube-scheduler")
-
-
-def outage(component: str, seconds: float = LEASE_RENEW_DEADLINE_S + 2) -> None:
-    """`component` SIGKILLed and down for `seconds` (every watch and request of the
-    operator fails meanwhile), then started again with what lost its lease."""
-    control_plane("kill", component)
-    time.sleep(seconds)
-    if seconds > LEASE_RENEW_DEADLINE_S:
-        for name in LEADER_ELECTED:
-            control_plane("kill", name)
-    control_plane("start-stopped")
 
 
 @pytest.fixture
@@ -73,10 +40,6 @@ def local(cluster: Cluster) -> Iterator[None]:
 # --- the invariant --------------------------------------------------------------------------
 
 
-def owned_by(obj: Any, uid: str) -> bool:
-    return any(ref.uid == uid and ref.controller for ref in obj.metadata.owner_references or [])
-
-
 def assert_converged(
     op: OperatorProcess,
     custom: client.CustomObjectsApi,
@@ -91,40 +54,20 @@ def assert_converged(
     items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
     for obj in items:
         wait_ready(custom, namespace, obj["metadata"]["name"], timeout=timeout)
+
+    def holds() -> bool:
+        found = violations(custom, apps, core, namespace)
+        assert not found, found
+        return True
+
     eventually(
-        lambda: children_match(custom, apps, core, namespace),
+        holds,
         timeout=max(10.0, timeout - (time.monotonic() - start)),
         interval=1,
         description="exactly one workload, Service and the desired pods each; no orphans",
     )
     assert op.proc is not None and op.proc.poll() is None, f"operator exited:\n{op.tail()}"
     assert_quiet(op, custom, namespace)
-
-
-def children_match(
-    custom: client.CustomObjectsApi, apps: client.AppsV1Api, core: client.CoreV1Api, namespace: str
-) -> bool:
-    items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-    uids = {o["metadata"]["name"]: o["metadata"]["uid"] for o in items}
-    deployments = apps.list_namespaced_deployment(namespace).items
-    services = core.list_namespaced_service(namespace).items
-    for kind, objs in (("Deployment", deployments), ("Service", services)):
-        for o in objs:
-            owner = (o.metadata.labels or {}).get(LLMD_LABEL)
-            assert owner in uids and owned_by(o, uids[owner]), (
-                f"orphaned {kind} {o.metadata.name} (labelled for {owner!r})"
-            )
-    for obj in items:
-        name, uid = obj["metadata"]["name"], obj["metadata"]["uid"]
-        assert condition(obj, "Ready")["status"] == "True", (name, obj["status"])
-        # Settled metrics too: the first scrape of a new pod flips this one more time.
-        assert condition(obj, "MetricsAvailable")["status"] == "True", (name, obj["status"])
-        assert len([d for d in deployments if owned_by(d, uid)]) == 1, f"{name}: Deployments"
-        assert len([s for s in services if owned_by(s, uid)]) == 1, f"{name}: Services"
-        pods = core.list_namespaced_pod(namespace, label_selector=f"{LLMD_LABEL}={name}").items
-        live = [p.metadata.name for p in pods if p.metadata.deletion_timestamp is None]
-        assert len(live) == obj["status"]["desiredReplicas"], (name, live)
-    return True
 
 
 def assert_quiet(op: OperatorProcess, custom: client.CustomObjectsApi, namespace: str) -> None:
@@ -157,21 +100,6 @@ def assert_quiet(op: OperatorProcess, custom: client.CustomObjectsApi, namespace
     assert versions(now) == versions(settled), f"written at rest: {changed}"
     # The safety net runs every 30 s per object: far fewer than one pass a second.
     assert counter(op, "llm_operator_reconcile_total") - passes <= 2 * len(settled) + 2
-
-
-def changes(before: Any, after: Any, path: str = "") -> dict[str, tuple[Any, Any]]:
-    """The leaves that differ between two JSON documents, by path."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        out: dict[str, tuple[Any, Any]] = {}
-        for key in before.keys() | after.keys():
-            out.update(changes(before.get(key), after.get(key), f"{path}.{key}"))
-        return out
-    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
-        out = {}
-        for i, (b, a) in enumerate(zip(before, after, strict=True)):
-            out.update(changes(b, a, f"{path}[{i}]"))
-        return out
-    return {} if before == after else {path: (before, after)}
 
 
 def assert_watches_resumed(apps: client.AppsV1Api, namespace: str, name: str) -> None:
