@@ -15,6 +15,8 @@ Kopf's bookkeeping lives in annotations with the project's prefix, never in `sta
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import random
 import threading
@@ -96,6 +98,33 @@ def _locked(uid: str) -> Iterator[None]:
         lock.release()
 
 
+ESSENCE_LIMIT = 64 * 1024  # bytes of Kopf's last-handled-configuration annotation
+TIMER_EXIT_POLL_S = 2.0  # how often Kopf checks that a deleted object's timers have exited
+
+
+class BoundedDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's last-handled-configuration annotation, kept small.
+
+    NOTE: Kopf stores the object's essence (spec, labels, annotations) in an annotation, as
+    JSON with non-ASCII characters escaped (up to 6 bytes each). All annotations together
+    hold 256 KiB, less than an LLMDeployment the apiserver admits (a long string in the
+    spec is enough); past it every patch Kopf makes is refused, so the finalizer is never
+    removed and the object, and its namespace, can never be deleted. An essence over
+    ESSENCE_LIMIT is stored as a digest of each stanza: a change is still a change to
+    the same stanza (the handlers read the object itself, never Kopf's diff).
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        if len(json.dumps(essence, separators=(",", ":"))) <= ESSENCE_LIMIT:
+            return essence
+        digests = {
+            key: {"sha256": hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()}
+            for key, value in essence.items()
+        }
+        return cast(kopf.BodyEssence, digests)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Kopf settings, clients and the metrics server."""
@@ -106,7 +135,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX
     )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = BoundedDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/kopf-finalizer"
@@ -115,6 +144,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.networking.connect_timeout = min(10.0, SETTINGS.api_timeout_s)  # Kopf's: none
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    # NOTE: an LLMDeployment deleted while one of its timers runs a pass keeps its finalizer
+    # until Kopf sees the timer has exited, which it checks every `cancellation_polling`
+    # seconds: Kopf's 60 kept such an object (and its namespace) a minute longer than the
+    # pass, which takes seconds.
+    settings.background.cancellation_polling = TIMER_EXIT_POLL_S
     if SETTINGS.peering:
         settings.peering.name = SETTINGS.peering
         settings.peering.standalone = False

@@ -310,6 +310,19 @@ def read_gguf_header(path: Path) -> GgufHeader:
     return GgufHeader(metadata=metadata, tensors=tensors)
 
 
+def _local_path(model: str) -> Path | None:
+    """`model` as a path that exists here, or None (then it is a Hugging Face id).
+
+    NOTE: a name can be no path at all: longer than the file system allows (ENAMETOOLONG)
+    or `~user` of no user; asking the file system about it must not fail the caller.
+    """
+    try:
+        local = Path(model).expanduser()
+        return local if local.exists() else None
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
 def resolve(
     model: str,
     *,
@@ -330,8 +343,8 @@ def resolve(
         ModelNotFound, ModelGated, HubUnavailable: the Hub could not give config.json.
         ConfigError: the file does not describe a model the planner can size.
     """
-    local = Path(model).expanduser()
-    if local.is_dir():
+    local = _local_path(model)
+    if local is not None and local.is_dir():
         config_path = local / CONFIG_FILE
         if not config_path.is_file():
             raise ConfigError(
@@ -342,7 +355,7 @@ def resolve(
         return ResolvedModel(
             architecture_from_config(read_config_file(config_path), origin), origin=origin
         )
-    if local.is_file():
+    if local is not None and local.is_file():
         if local.suffix.lower() == ".gguf":
             return architecture_from_gguf(read_gguf_header(local), f"GGUF header of {local}")
         origin = str(local)

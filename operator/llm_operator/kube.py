@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -158,6 +159,74 @@ def load_config(kubeconfig: str | None = None) -> None:
         config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
 
 
+def _status_message(err: Exception) -> str:
+    """The apiserver's own words (its Status message), without the client's dump of HTTP
+    headers and traceback."""
+    body = getattr(err, "body", None)
+    try:
+        message = json.loads(body)["message"] if body else None
+    except (TypeError, ValueError, KeyError):
+        message = body if isinstance(body, str) else None
+    status, reason = getattr(err, "status", 0), getattr(err, "reason", None)
+    return str(message or f"{status} {reason or type(err).__name__}")
+
+
+def _refused_for_good(err: Exception) -> bool:
+    """Whether the apiserver refused an object in a way that retrying cannot change: it is
+    invalid (422), cannot be decoded (400), an admission webhook denied it (403), or
+    server-side apply found it does not fit the kind's schema (500 "failed to create typed
+    patch object": an unknown field, a list where a map belongs)."""
+    status = getattr(err, "status", 0) or 0
+    message = _status_message(err)
+    return (
+        status in (400, 422)
+        or (status == 403 and "denied the request" in message)
+        or (status == 500 and "failed to create typed patch object" in message)
+    )
+
+
+# Where a rendered field the apiserver refused comes from in the LLMDeployment (the first
+# one its message names); anything else comes from spec.overrides, which is applied last.
+_SOURCES = (
+    ("tolerations", "spec.hardware.tolerations"),
+    ("nodeSelector", "spec.hardware.nodeSelector"),
+    ("secretKeyRef", "spec.model.hfTokenSecret"),
+    ("storageClassName", "spec.model.cache.storageClassName"),
+    ("claimName", "spec.model"),
+)
+
+
+def _refusal(err: Exception, what: str) -> InvalidSpecError:
+    """A refused rendered object as a spec error naming the field that most likely set it."""
+    message = _status_message(err)
+    field = next((f for key, f in _SOURCES if key in message), "spec.overrides")
+    return InvalidSpecError(
+        field,
+        f"the apiserver refused the rendered {what}: {message}; change the field of this "
+        "LLMDeployment that sets it (spec.overrides are applied last)",
+    )
+
+
+# Characters YAML does not take as themselves in a double-quoted scalar: DEL and the C1
+# controls, the line and paragraph separators it would fold, the byte order mark,
+# non-characters, and surrogates (never in text read from the apiserver). json.dumps
+# already escapes the C0 controls.
+_YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
+
+
+def apply_body(obj: Mapping[str, Any]) -> bytes:
+    """The body of a server-side apply request: JSON (which is YAML, the content type).
+
+    NOTE: the kubernetes client would send `json.dumps(obj)`, which writes a character
+    outside the Basic Multilingual Plane (an emoji in an env value or an argument) as a
+    surrogate pair escape; the apiserver's YAML decoder refuses those ("found invalid Unicode
+    character escape code", 400), so such an object could never be applied. Characters are
+    sent as UTF-8 instead, and only those YAML cannot read raw are escaped.
+    """
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+
+
 def _translate(err: Exception, what: str) -> Exception:
     """Map client errors onto the operator's classification."""
     if isinstance(err, ConflictError | ApiException) and getattr(err, "status", 0) == 409:
@@ -169,8 +238,8 @@ def _translate(err: Exception, what: str) -> Exception:
         return GoneError(f"{what}: the namespace is being terminated")
     if status == 422:
         # The apiserver rejected what we rendered: only overrides can make it invalid.
-        return InvalidSpecError("spec.overrides", f"{what} was rejected: {err}")
-    return TransientError(f"{what}: {err}", delay=10)
+        return InvalidSpecError("spec.overrides", f"{what} was rejected: {_status_message(err)}")
+    return TransientError(f"{what}: {_status_message(err)}", delay=10)
 
 
 class BoundedApiClient(client.ApiClient):
@@ -282,7 +351,7 @@ class Kube:
         try:
             resource = self._resource(obj["apiVersion"], obj["kind"])
             result = resource.server_side_apply(
-                body=obj,
+                body=apply_body(obj),
                 name=meta["name"],
                 namespace=meta.get("namespace"),
                 field_manager=FIELD_MANAGER,
@@ -291,8 +360,51 @@ class Kube:
         except ResourceNotFoundError as err:
             raise TransientError(f"{what}: kind not served (is its CRD installed?)", 60) from err
         except (DynamicApiError, ApiException) as err:
+            if _refused_for_good(err):
+                raise _refusal(err, what) from err
             raise _translate(err, f"applying {what}") from err
         return dict(result.to_dict())
+
+    def check_pod_template(
+        self, namespace: str, name: str, template: Mapping[str, Any], what: str
+    ) -> None:
+        """Have the apiserver validate a pod template now, as it will when pods are made.
+
+        NOTE: a LeaderWorkerSet's CRD takes any pod template; the LWS controller creates the
+        pods later, and a template Kubernetes refuses then (a toleration key that is no
+        label key, say) would leave the LLMDeployment Planned with nothing ever running and
+        nothing saying why. The template is applied as a Deployment with dryRun=All, which
+        validates it fully and persists nothing.
+
+        Raises:
+            InvalidSpecError: the apiserver refused the template.
+            TransientError: it could not be asked.
+        """
+        selector = {"serving.llm-operator.io/pod-template-check": "dry-run"}
+        meta = dict(template.get("metadata") or {})
+        meta["labels"] = {**(meta.get("labels") or {}), **selector}
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "selector": {"matchLabels": selector},
+                "template": {**template, "metadata": meta},
+            },
+        }
+        try:
+            self._resource("apps/v1", "Deployment").server_side_apply(
+                body=apply_body(body),
+                name=name,
+                namespace=namespace,
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+                dry_run="All",
+            )
+        except (DynamicApiError, ApiException) as err:
+            if _refused_for_good(err):
+                raise _refusal(err, what) from err
+            raise _translate(err, f"checking {what}") from err
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """One object, or None when absent (or its kind is not served)."""

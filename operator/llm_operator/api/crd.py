@@ -149,6 +149,10 @@ def crd() -> JSON:
                             "type": "object",
                             "description": api.LLMDeployment.__doc__,
                             "required": ["spec"],
+                            "x-kubernetes-validations": [
+                                {"rule": r.cel, "message": r.message}
+                                for r in api.LLMDeployment.rules
+                            ],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

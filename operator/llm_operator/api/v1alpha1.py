@@ -11,6 +11,7 @@ custom object and writes `status`), `llmctl` (reads example files).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
@@ -1029,8 +1030,38 @@ class LLMDeploymentStatus(ApiModel):
         )
 
 
+DNS_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"  # RFC 1035, as a Service name must be
+MAX_NAME = 45
+
+
+def _name_ok(obj: Any) -> bool:
+    name = obj.metadata.get("name")
+    return name is None or (
+        isinstance(name, str)
+        and len(name) <= MAX_NAME
+        and re.fullmatch(DNS_LABEL, name) is not None
+    )
+
+
 class LLMDeployment(ApiModel):
     """LLMDeployment turns model + quantization + context + load + budget into serving."""
+
+    # NOTE: the name is the Service's name and a label value of every child (an RFC 1035
+    # label, at most 63 characters), and children add to it: the download Job
+    # <name>-download-<8 hex> (its name is a label value of its pods), the LeaderWorkerSet
+    # <name>-lws whose StatefulSets <name>-lws-<group> must stay within 52. A custom
+    # object's own name may be longer and hold dots; it would be refused child by child.
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"!has(self.metadata.name) || (size(self.metadata.name) <= {MAX_NAME} && "
+            f"self.metadata.name.matches('{DNS_LABEL}'))",
+            message=f"metadata.name must be at most {MAX_NAME} characters of lower-case "
+            "letters, digits and '-', starting with a letter and not ending with '-' (it "
+            "names the Service, the pods' labels and, with suffixes, the download Job and "
+            "the LeaderWorkerSet): choose such a name",
+            check=_name_ok,
+        ),
+    )
 
     api_version: Literal["serving.llm-operator.io/v1alpha1"] = Field(
         "serving.llm-operator.io/v1alpha1",

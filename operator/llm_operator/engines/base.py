@@ -396,7 +396,8 @@ class Engine(ABC):
             out.append(
                 Refusal(
                     "spec.model.source",
-                    f"{self.name} loads models from {sources}, not {ask.model_source}",
+                    f"{self.name} loads models from {sources}, not {ask.model_source}: "
+                    "change spec.model.source or choose another engine",
                 )
             )
         if not ask.prefix_caching and not caps.prefix_caching:

@@ -103,13 +103,20 @@ class Candidate:
         )
 
 
+# What to change in the spec, added to a rejection's reason (the planner tries every layout
+# itself, so a layout's own limits point at the GPU type).
+FIX_LAYOUT = "spec.hardware.gpuTypes: a GPU type that holds the model in fewer devices"
+FIX_MEMORY = "spec.hardware.gpuTypes: a GPU type with more memory, or spec.quantization: fewer bits"
+
+
 @dataclass(frozen=True)
 class Rejection:
     """A layout that does not work, and why.
 
     Attributes:
         label: the layout, e.g. `A10G-24GB x1 (TP1 PP1) vllm bf16`.
-        reason: one sentence naming the limit and the numbers.
+        reason: one sentence naming the limit and the numbers, then (in parentheses) the
+            spec field to change and how.
         shortfall: how far off it is (needed / available, >= 1); lower is closer.
     """
 
@@ -309,8 +316,8 @@ def evaluate(
     per_node = gpus_per_node or gpu.gpus_per_node
     label = f"{gpu.name} x{tp * pp} (TP{tp} PP{pp}) {engine.name} {quantization}"
 
-    def reject(reason: str, shortfall: float = math.inf) -> Rejection:
-        return Rejection(label, reason, shortfall)
+    def reject(reason: str, shortfall: float = math.inf, fix: str = FIX_LAYOUT) -> Rejection:
+        return Rejection(label, f"{reason} ({fix})" if fix else reason, shortfall)
 
     caps = engine.capabilities
     ask = replace(
@@ -320,7 +327,7 @@ def evaluate(
         multi_node=tp * pp > per_node,
     )
     if refused := engine.refusals(ask):
-        return reject("; ".join(r.message for r in refused))
+        return reject("; ".join(str(r) for r in refused), fix="")
     if tp > 1 and not caps.tensor_parallel:
         return reject(f"{engine.name} does not shard a replica (tensor parallel)")
     if pp > 1 and not caps.pipeline_parallel:
@@ -346,12 +353,14 @@ def evaluate(
             f"weights {_gib(fit.weights_bytes)} + engine overhead {_gib(fit.overhead_bytes)} "
             f"> {_gib(fit.usable_bytes)} usable per device",
             needed / fit.usable_bytes,
+            FIX_MEMORY,
         )
 
     if req.max_model_len is not None and req.max_model_len > arch.max_context:
         return reject(
             f"maxModelLen {req.max_model_len} exceeds the model's maximum context "
-            f"{arch.max_context}"
+            f"{arch.max_context}",
+            fix=f"spec.context.maxModelLen: at most {arch.max_context}, or auto",
         )
     workload_len = req.input_tokens + req.output_tokens
     seq_tokens = _sequence_tokens(arch, workload_len)
@@ -371,11 +380,15 @@ def evaluate(
             f"KV cache holds {fits_len} tokens ({_gib(fit.kv_bytes)}) < maxModelLen "
             f"{max_model_len}",
             max_model_len / max(1, fits_len),
+            "spec.context.maxModelLen: lower it or set auto; or spec.hardware.gpuTypes: a GPU "
+            "type with more memory, or spec.features.fp8KvCache: true",
         )
     if max_model_len < workload_len:
         return reject(
             f"maxModelLen {max_model_len} < input + output tokens {workload_len}",
             workload_len / max(1, max_model_len),
+            "spec.context.maxModelLen: raise it, or shorten spec.workload.inputTokens and "
+            "outputTokens",
         )
     kv_allocated: int | None = None
     if engine.name == "llamacpp":
@@ -405,7 +418,10 @@ def evaluate(
     )
     batch, predicted, slo_miss = _largest_batch(layout, req, limit, mem.batched_tokens, speculation)
     if slo_miss is not None:
-        return reject(f"misses the SLO even with one sequence: {slo_miss}")
+        return reject(
+            f"misses the SLO even with one sequence: {slo_miss}",
+            fix="spec.workload.slo: relax it, or spec.hardware.gpuTypes: a faster GPU type",
+        )
     dollars = cost.cost_per_hour(gpu, 1 if gpu.is_cpu else tp * pp)
     per_million = cost.cost_per_million_tokens(dollars, predicted.output_tokens_per_second)
     floor_cost = dollars * req.min_replicas
@@ -414,11 +430,14 @@ def evaluate(
             f"{req.min_replicas} replica(s) cost ${floor_cost:.2f}/h > budget "
             f"${req.max_cost_per_hour:.2f}/h",
             floor_cost / req.max_cost_per_hour,
+            "spec.budget.maxCostPerHour: raise it, or lower spec.scaling.minReplicas",
         )
     if req.max_cost_per_million is not None and per_million > req.max_cost_per_million:
         return reject(
             f"${per_million:.2f} per 1M output tokens > budget ${req.max_cost_per_million:.2f}",
             per_million / req.max_cost_per_million,
+            "spec.budget.maxCostPerMillionTokens: raise it, or spec.hardware.gpuTypes: a "
+            "cheaper GPU type",
         )
     return Candidate(
         gpu=gpu,

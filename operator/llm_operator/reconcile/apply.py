@@ -123,6 +123,20 @@ def _workload_state(obj: dict[str, Any]) -> _Workload:
     )
 
 
+def check_pod_templates(kube: Kube, obj: dict[str, Any]) -> None:
+    """Validate the pod templates of a LeaderWorkerSet before anything is applied, so that
+    a template Kubernetes would refuse (only when the LWS controller makes its pods) is an
+    InvalidSpec now, with nothing created (`Kube.check_pod_template`)."""
+    if obj["kind"] != "LeaderWorkerSet":
+        return
+    meta = obj["metadata"]
+    templates = obj["spec"]["leaderWorkerTemplate"]
+    for role in ("leaderTemplate", "workerTemplate"):
+        if templates.get(role):
+            what = f"{role} of LeaderWorkerSet {meta.get('namespace', '')}/{meta['name']}"
+            kube.check_pod_template(meta.get("namespace", ""), meta["name"], templates[role], what)
+
+
 def execute(
     kube: Kube,
     owner: dict[str, Any],
@@ -134,7 +148,10 @@ def execute(
     """Apply what differs (in the renderer's order), then prune what is no longer rendered,
     except the children in `keep` (kind, name) and those already being deleted."""
     owned = [diff.with_owner(obj, owner) for obj in objects]
-    applied = [_name(kube.apply(obj) | obj) for obj in diff.to_apply(owned, live)]
+    changed = diff.to_apply(owned, live)
+    for obj in changed:
+        check_pod_templates(kube, obj)
+    applied = [_name(kube.apply(obj) | obj) for obj in changed]
     pruned: list[str] = []
     if prune:
         for obj in diff.to_prune(owned, live, owner["metadata"]["uid"]):

@@ -154,7 +154,13 @@ class Desired:
 
 def _rejections(result: PlanResult) -> str:
     parts = [f"{r.label}: {r.reason}" for r in result.rejected[:3]]
-    return "no layout fits; closest: " + "; ".join(parts) if parts else "no GPU type available"
+    if parts:
+        return "no layout fits; closest: " + "; ".join(parts)
+    return (
+        "spec.hardware.gpuTypes: no GPU type the cluster has can run the engines and "
+        "quantizations the spec allows; allow more GPU types (or spec.engine, "
+        "spec.quantization: auto)"
+    )
 
 
 def planned_for(status: LLMDeploymentStatus, generation: Any) -> bool:
