@@ -23,7 +23,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +267,41 @@ def operator(operator_process: OperatorProcess) -> OperatorProcess:
     if operator_process.proc is None or operator_process.proc.poll() is not None:
         operator_process.start()
     return operator_process
+
+
+@pytest.fixture
+def own_operator(
+    cluster: Cluster, crds: list[str], operator_process: OperatorProcess, tmp_path: Path
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Start an operator of the test's own, in place of the session's (one operator at a
+    time; the `operator` fixture restarts the session's for later tests); stopped after.
+
+    The returned function takes the environment to add, the log format and, optionally,
+    the server its kubeconfig names (a proxy in front of the apiserver).
+    """
+    started: list[OperatorProcess] = []
+
+    def start(
+        extra_env: dict[str, str], *, log_format: str = "plain", server: str | None = None
+    ) -> OperatorProcess:
+        operator_process.stop()
+        kubeconfig = token_kubeconfig(cluster.kubeconfig, cluster.api, tmp_path / "kubeconfig")
+        if server is not None:
+            doc = yaml.safe_load(kubeconfig.read_text())
+            doc["clusters"][0]["cluster"]["server"] = server
+            kubeconfig.write_text(yaml.safe_dump(doc))
+        op = OperatorProcess(
+            kubeconfig, tmp_path / "operator.log", extra_env=extra_env, log_format=log_format
+        )
+        started.append(op)
+        op.start()
+        return op
+
+    try:
+        yield start
+    finally:
+        for op in started:
+            op.stop()
 
 
 def _new_namespace(core: client.CoreV1Api) -> str:

@@ -13,7 +13,7 @@ MetricsAvailable.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,7 +25,7 @@ from test_operator import create, get, wait_ready
 from faults import violations
 from helpers import GROUP, PLURAL, VERSION, Cluster, condition, eventually
 from helpers import llmd_body as llmd
-from operator_proc import OperatorProcess, token_kubeconfig
+from operator_proc import OperatorProcess
 from toxiproxy import Toxiproxy
 
 API_TIMEOUT_S = 4  # the operator's LLM_OPERATOR_API_TIMEOUT here (30 by default)
@@ -39,35 +39,25 @@ def host_port(url: str) -> str:
 
 @pytest.fixture
 def proxied(
-    cluster: Cluster, crds: list[str], operator_process: OperatorProcess, tmp_path: Path
+    cluster: Cluster, own_operator: Callable[..., OperatorProcess], tmp_path: Path
 ) -> Iterator[tuple[Toxiproxy, OperatorProcess]]:
     """toxiproxy with proxies "apiserver" and "prometheus", and an operator using them."""
-    operator_process.stop()  # one operator at a time; the `operator` fixture restarts it
     with Toxiproxy(tmp_path / "toxiproxy.log") as proxy:
-        kubeconfig = token_kubeconfig(cluster.kubeconfig, cluster.api, tmp_path / "kubeconfig")
-        doc = yaml.safe_load(kubeconfig.read_text())
-        server = doc["clusters"][0]["cluster"]["server"]
-        listen = proxy.proxy("apiserver", host_port(server))
-        # NOTE: the apiserver's serving certificate names 127.0.0.1, where the proxy listens.
-        doc["clusters"][0]["cluster"]["server"] = f"https://{listen}"
-        kubeconfig.write_text(yaml.safe_dump(doc))
+        server = yaml.safe_load(Path(cluster.kubeconfig).read_text())["clusters"][0]["cluster"]
+        listen = proxy.proxy("apiserver", host_port(server["server"]))
         prometheus = proxy.proxy("prometheus", host_port(cluster.prometheus_url))
-        op = OperatorProcess(
-            kubeconfig,
-            tmp_path / "operator.log",
-            extra_env={
+        op = own_operator(
+            {
                 "LLM_OPERATOR_API_TIMEOUT": str(API_TIMEOUT_S),
                 "LLM_OPERATOR_RECONCILE_INTERVAL": "20",
                 "LLM_OPERATOR_AUTOSCALE_INTERVAL": "2",
                 "LLM_OPERATOR_PROMETHEUS_URL": f"http://{prometheus}",
                 "LLM_OPERATOR_QUERY_TIMEOUT": str(QUERY_TIMEOUT_S),
             },
+            # NOTE: the apiserver's serving certificate names 127.0.0.1, where it listens.
+            server=f"https://{listen}",
         )
-        op.start()
-        try:
-            yield proxy, op
-        finally:
-            op.stop()
+        yield proxy, op
 
 
 def assert_alive(op: OperatorProcess) -> None:

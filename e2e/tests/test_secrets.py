@@ -15,6 +15,7 @@ import importlib.util
 import json
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from test_operator import create, get
 
 from helpers import GROUP, PLURAL, VERSION, Cluster, condition, eventually
 from helpers import llmd_body as llmd
-from operator_proc import OperatorProcess, token_kubeconfig
+from operator_proc import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "acme/gated-llama"  # served from Llama-3.1-8B-Instruct's config.json
@@ -51,8 +52,7 @@ def gated(name: str, secret_name: str) -> dict[str, Any]:
 
 def test_the_hf_token_appears_nowhere_but_the_request(
     cluster: Cluster,
-    crds: list[str],
-    operator_process: OperatorProcess,
+    own_operator: Callable[..., OperatorProcess],
     custom: client.CustomObjectsApi,
     apps: client.AppsV1Api,
     core: client.CoreV1Api,
@@ -64,12 +64,8 @@ def test_the_hf_token_appears_nowhere_but_the_request(
     with hub_server.LocalHub() as hub:
         config = hub_server.fixture_config("meta-llama/Llama-3.1-8B-Instruct")
         hub.add(MODEL, config, token=right)
-        operator_process.stop()  # one operator at a time; the `operator` fixture restarts it
-        kubeconfig = token_kubeconfig(cluster.kubeconfig, cluster.api, tmp_path / "kubeconfig")
-        op = OperatorProcess(
-            kubeconfig,
-            tmp_path / "operator.log",
-            extra_env={
+        op = own_operator(
+            {
                 "HF_ENDPOINT": hub.endpoint,
                 "HF_HUB_OFFLINE": "0",
                 "LLM_OPERATOR_HUB_CACHE": str(tmp_path / "hub-cache"),
@@ -78,55 +74,51 @@ def test_the_hf_token_appears_nowhere_but_the_request(
             },
             log_format="json",
         )
-        op.start()
-        try:
-            secret(core, namespace, "right", {"token": right})
-            secret(core, namespace, "wrong", {"token": wrong})
-            secret(core, namespace, "keyless", {"other": wrong})
-            names = [
-                create(custom, namespace, gated("with-right", "right")),
-                create(custom, namespace, gated("with-wrong", "wrong")),
-                create(custom, namespace, gated("keyless", "keyless")),
-            ]
+        secret(core, namespace, "right", {"token": right})
+        secret(core, namespace, "wrong", {"token": wrong})
+        secret(core, namespace, "keyless", {"other": wrong})
+        names = [
+            create(custom, namespace, gated("with-right", "right")),
+            create(custom, namespace, gated("with-wrong", "wrong")),
+            create(custom, namespace, gated("keyless", "keyless")),
+        ]
 
-            def planned() -> bool:
-                ready = condition(get(custom, namespace, names[0]), "Ready")
-                assert ready["status"] == "True", ready
-                return True
+        def planned() -> bool:
+            ready = condition(get(custom, namespace, names[0]), "Ready")
+            assert ready["status"] == "True", ready
+            return True
 
-            eventually(planned, timeout=90, interval=1, description="the gated model served")
+        eventually(planned, timeout=90, interval=1, description="the gated model served")
 
-            def refused(name: str) -> str:
-                obj = get(custom, namespace, name)
-                ready = condition(obj, "Ready")
-                assert ready["status"] == "False" and ready["reason"] == "InvalidSpec", ready
-                assert "spec.model.hfTokenSecret" in ready["message"], ready
-                return str(ready["message"])
+        def refused(name: str) -> str:
+            obj = get(custom, namespace, name)
+            ready = condition(obj, "Ready")
+            assert ready["status"] == "False" and ready["reason"] == "InvalidSpec", ready
+            assert "spec.model.hfTokenSecret" in ready["message"], ready
+            return str(ready["message"])
 
-            eventually(lambda: refused(names[1]), timeout=60, description="wrong token refused")
-            eventually(lambda: refused(names[2]), timeout=60, description="keyless refused")
-            # The right token did reach the Hub (so the search below can find something).
-            assert any(r.authorization == f"Bearer {right}" for r in hub.requests)
-            assert any(r.authorization == f"Bearer {wrong}" for r in hub.requests)
-            # The engine gets the token by reference only.
-            env = {
-                e.name: e
-                for c in apps.read_namespaced_deployment(
-                    names[0], namespace
-                ).spec.template.spec.containers
-                for e in c.env or []
-            }
-            token_env = [e for e in env.values() if e.value_from and e.value_from.secret_key_ref]
-            assert [e.value_from.secret_key_ref.name for e in token_env] == ["right"], env
-            # Two autoscaler ticks and their writes, then everything is searched.
-            eventually(
-                lambda: condition(get(custom, namespace, names[0]), "MetricsAvailable"),
-                timeout=30,
-                description="an autoscaler tick",
-            )
-            seen = everything_seen(op, custom, apps, core, namespace)
-        finally:
-            op.stop()
+        eventually(lambda: refused(names[1]), timeout=60, description="wrong token refused")
+        eventually(lambda: refused(names[2]), timeout=60, description="keyless refused")
+        # The right token did reach the Hub (so the search below can find something).
+        assert any(r.authorization == f"Bearer {right}" for r in hub.requests)
+        assert any(r.authorization == f"Bearer {wrong}" for r in hub.requests)
+        # The engine gets the token by reference only.
+        env = {
+            e.name: e
+            for c in apps.read_namespaced_deployment(
+                names[0], namespace
+            ).spec.template.spec.containers
+            for e in c.env or []
+        }
+        token_env = [e for e in env.values() if e.value_from and e.value_from.secret_key_ref]
+        assert [e.value_from.secret_key_ref.name for e in token_env] == ["right"], env
+        # Two autoscaler ticks and their writes, then everything is searched.
+        eventually(
+            lambda: condition(get(custom, namespace, names[0]), "MetricsAvailable"),
+            timeout=30,
+            description="an autoscaler tick",
+        )
+        seen = everything_seen(op, custom, apps, core, namespace)
     seen["operator log"] = op.log_path.read_text(errors="replace")
     for what, text in seen.items():
         for value in (right, wrong):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ import yaml
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import GROUP, PLURAL, VERSION, Cluster, eventually, llmd_body
-from operator_proc import OperatorProcess, token_kubeconfig
+from helpers import GROUP, PLURAL, VERSION, eventually, llmd_body
+from operator_proc import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 BUILTIN_GPUS = REPO / "operator" / "llm_operator" / "catalog" / "data" / "gpus.yaml"
@@ -77,9 +78,7 @@ def catalog_events(core: client.CoreV1Api, namespace: str, reason: str) -> list[
 
 
 def test_malformed_gpu_catalog_keeps_the_last_good_one_and_is_reported(
-    cluster: Cluster,
-    crds: list[str],
-    operator_process: OperatorProcess,
+    own_operator: Callable[..., OperatorProcess],
     custom: client.CustomObjectsApi,
     core: client.CoreV1Api,
     namespace: str,
@@ -97,12 +96,8 @@ def test_malformed_gpu_catalog_keeps_the_last_good_one_and_is_reported(
     volume.mkdir()
     kubelet_write(volume, gpus_yaml(pricePerHour=GOOD), "..2026_01_01_00_00_00.1")
 
-    operator_process.stop()  # one operator at a time; the `operator` fixture restarts it
-    kubeconfig = token_kubeconfig(cluster.kubeconfig, cluster.api, tmp_path / "kubeconfig")
-    op = OperatorProcess(
-        kubeconfig,
-        tmp_path / "operator.log",
-        extra_env={
+    op = own_operator(
+        {
             "LLM_OPERATOR_GPU_CATALOG": str(volume / "gpus.yaml"),
             "LLM_OPERATOR_GPU_CATALOG_CONFIGMAP": f"{namespace}/{CONFIGMAP}",
             "LLM_OPERATOR_CATALOG_CHECK_INTERVAL": "1",
@@ -112,61 +107,57 @@ def test_malformed_gpu_catalog_keeps_the_last_good_one_and_is_reported(
         },
         log_format="json",  # with levels: the refusal is an ERROR line
     )
-    op.start()
-    try:
 
-        def create_planned_at(name: str, price: float) -> None:
-            """Create an LLMDeployment; wait until it is planned at `price` per H100-hour.
+    def create_planned_at(name: str, price: float) -> None:
+        """Create an LLMDeployment; wait until it is planned at `price` per H100-hour.
 
-            NOTE: a pass within LLM_OPERATOR_CATALOG_CHECK_INTERVAL of the last check uses
-            the catalog in use; its children's first events start the next passes.
-            """
-            body = llmd_body(name)
-            body["metadata"]["namespace"] = namespace
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-            eventually(
-                lambda: planned_price(custom, namespace, name) == pytest.approx(price),
-                timeout=20,
-                description=f"{name} planned at {price} USD per H100-hour",
-            )
-
-        create_planned_at("before", GOOD)
-        assert metric(op, "llm_operator_catalog_valid") == 1
-
-        # Malformed: found by the running operator with nothing else happening (the
-        # autoscale tick of "before"), reported once; the last good catalog plans on.
-        mark = op.log_size()
-        kubelet_write(volume, gpus_yaml(pricePerHour=GOOD, memoryGB=-80), "..2026_01_01_00_01_00.2")
-
-        def refused() -> bool:
-            assert metric(op, "llm_operator_catalog_valid") == 0
-            assert metric(op, "llm_operator_catalog_load_failures_total") == 1
-            (event,) = catalog_events(core, namespace, "CatalogInvalid")
-            assert event.type == "Warning"
-            assert f"gpus[0] ({H100}).memoryGB" in event.message, event.message
-            return True
-
-        eventually(refused, timeout=20, description="the malformed catalog reported")
-        create_planned_at("after-bad", GOOD)
-        lines = [json.loads(x) for x in op.log_since(mark).splitlines() if x.startswith("{")]
-        errors = [r for r in lines if "GPU catalog" in r["message"] and "refused" in r["message"]]
-        assert [r["severity"] for r in errors] == ["error"], errors
-        assert f"ConfigMap {namespace}/{CONFIGMAP}" in errors[0]["message"]
-        assert op.proc is not None and op.proc.poll() is None, op.tail()
-
-        # Valid again, with another price: found the same way, reported as a reload, and
-        # used by the next pass.
-        kubelet_write(volume, gpus_yaml(pricePerHour=NEWER), "..2026_01_01_00_02_00.3")
+        NOTE: a pass within LLM_OPERATOR_CATALOG_CHECK_INTERVAL of the last check uses
+        the catalog in use; its children's first events start the next passes.
+        """
+        body = llmd_body(name)
+        body["metadata"]["namespace"] = namespace
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
         eventually(
-            lambda: (
-                metric(op, "llm_operator_catalog_valid") == 1
-                and catalog_events(core, namespace, "CatalogReloaded")
-            ),
+            lambda: planned_price(custom, namespace, name) == pytest.approx(price),
             timeout=20,
-            description="the new catalog reported",
+            description=f"{name} planned at {price} USD per H100-hour",
         )
-        create_planned_at("after-fix", NEWER)
+
+    create_planned_at("before", GOOD)
+    assert metric(op, "llm_operator_catalog_valid") == 1
+
+    # Malformed: found by the running operator with nothing else happening (the
+    # autoscale tick of "before"), reported once; the last good catalog plans on.
+    mark = op.log_size()
+    kubelet_write(volume, gpus_yaml(pricePerHour=GOOD, memoryGB=-80), "..2026_01_01_00_01_00.2")
+
+    def refused() -> bool:
+        assert metric(op, "llm_operator_catalog_valid") == 0
         assert metric(op, "llm_operator_catalog_load_failures_total") == 1
-        assert len(catalog_events(core, namespace, "CatalogInvalid")) == 1
-    finally:
-        op.stop()
+        (event,) = catalog_events(core, namespace, "CatalogInvalid")
+        assert event.type == "Warning"
+        assert f"gpus[0] ({H100}).memoryGB" in event.message, event.message
+        return True
+
+    eventually(refused, timeout=20, description="the malformed catalog reported")
+    create_planned_at("after-bad", GOOD)
+    lines = [json.loads(x) for x in op.log_since(mark).splitlines() if x.startswith("{")]
+    errors = [r for r in lines if "GPU catalog" in r["message"] and "refused" in r["message"]]
+    assert [r["severity"] for r in errors] == ["error"], errors
+    assert f"ConfigMap {namespace}/{CONFIGMAP}" in errors[0]["message"]
+    assert op.proc is not None and op.proc.poll() is None, op.tail()
+
+    # Valid again, with another price: found the same way, reported as a reload, and
+    # used by the next pass.
+    kubelet_write(volume, gpus_yaml(pricePerHour=NEWER), "..2026_01_01_00_02_00.3")
+    eventually(
+        lambda: (
+            metric(op, "llm_operator_catalog_valid") == 1
+            and catalog_events(core, namespace, "CatalogReloaded")
+        ),
+        timeout=20,
+        description="the new catalog reported",
+    )
+    create_planned_at("after-fix", NEWER)
+    assert metric(op, "llm_operator_catalog_load_failures_total") == 1
+    assert len(catalog_events(core, namespace, "CatalogInvalid")) == 1
