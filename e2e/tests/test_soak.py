@@ -119,7 +119,7 @@ def test_churn_with_operator_killed_keeps_every_invariant(
             sample_s=5,
             ready_timeout=0,  # the churn begins at once
             converge_timeout=120,
-            rest_s=30,
+            rest_s=60,  # the leak window begins 60 s after the restart: room for samples
             leak_floor_mib=LEAK_FLOOR_MIB,
             progress=print,
         )
