@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_operator.autoscaler.decide import (
+    RATE_WINDOW_S,
     Observation,
     Policy,
     ReplicaModel,
@@ -41,7 +42,6 @@ from llm_operator.autoscaler.decide import (
 ROOT = Path(__file__).resolve().parent.parent
 STEP_S = 15.0
 STREAM_TPS = 40.0  # tokens/s one request streams (engine_sim.py's default)
-RATE_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)

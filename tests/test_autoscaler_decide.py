@@ -179,6 +179,25 @@ def test_scale_down_waits_the_down_window_after_a_scale_up() -> None:
     assert run.now - scaled_at >= 300.0
 
 
+def test_no_scale_down_while_the_rate_still_averages_a_queue() -> None:
+    """A queue scales up within seconds; the 1 min token rate shows the new replicas a
+    minute later. Once the queue drains the rate still says what one replica served, and
+    with a down window shorter than the rate's, 3 replicas went back to 1 within 16 s
+    (e2e test_autoscaler's load step under CI load)."""
+    policy = make_policy(scale_up_window_s=4.0, scale_down_window_s=20.0)
+    run = warmed(policy, 1, 700.0)
+    queued = Observation(800.0, running_requests=20.0, waiting_requests=40.0)  # asks 2400
+    while run.replicas < 3:
+        run.step(queued, dt=2.0)
+    drained = run.now
+    lagging = Observation(800.0, running_requests=20.0, waiting_requests=0.0)
+    while run.replicas == 3 and run.now - drained < 300.0:
+        run.step(lagging, dt=2.0)
+    # The rate's window must pass since the last queue, then the whole down window.
+    assert run.now - drained >= d.RATE_WINDOW_S + policy.scale_down_window_s - 2.0
+    assert run.replicas == 1  # and then the low rate does count
+
+
 def test_queue_adds_to_demand() -> None:
     # 2 replicas serve 1600 with 40 running and 40 waiting: demand is 3200 tokens/s.
     run = warmed(make_policy(), 2, 1600.0)
@@ -348,6 +367,7 @@ def test_state_json_round_trip_and_format() -> None:
         "lastActive",
         "capacity",
         "saturatedSince",
+        "lastSaturated",
     }
     assert ScalerState.from_json(text) == run.state
     assert len(text) < 2048  # one scale-down window of recommendations

@@ -71,11 +71,14 @@ def test_metric_names_are_the_ones_the_simulator_exposes(engine: str) -> None:
     source = SIMULATOR.read_text()
     exposed = set(re.findall(r'"((?:vllm:|tgi_|llamacpp:)[a-z_]+)"', source))
     q = build_queries(engine, "ns", "m")
-    for query in (q.output_tokens_per_second, q.running_requests, q.waiting_requests):
-        name = re.search(r"((?:vllm:|tgi_|llamacpp:)[a-z_]+)\{", query)
-        assert name is not None, query
-        base = re.sub(r"_(total|sum|count|bucket)$", "", name.group(1))
-        assert name.group(1) in exposed or base in exposed, (name.group(1), sorted(exposed))
+    queries = (q.output_tokens_per_second, q.running_requests, q.waiting_requests,
+               q.ttft_seconds, q.tpot_seconds)  # fmt: skip
+    for query in filter(None, queries):
+        names = re.findall(r"((?:vllm:|tgi_|llamacpp:)[a-z_]+)\{", query)
+        assert names, query
+        for name in names:
+            base = re.sub(r"_(total|sum|count|bucket)$", "", name)
+            assert name in exposed or base in exposed, (name, sorted(exposed))
     assert "namespace" in source and "llmdeployment" in source
 
 
@@ -86,6 +89,8 @@ def test_observe_reads_every_signal_with_a_timeout() -> None:
             "num_requests_running": vector(30),
             "num_requests_waiting": vector(4),
             "kv_cache_usage_perc": vector(0.75),
+            "time_to_first_token": vector(0.21),
+            "request_time_per_output_token": vector(0.034),
         }
     )
     obs = observe(fake, "vllm", "ns", "chat", timeout_s=2.5)
@@ -93,10 +98,24 @@ def test_observe_reads_every_signal_with_a_timeout() -> None:
     assert obs.output_tokens_per_second == pytest.approx(1234.5)
     assert (obs.running_requests, obs.waiting_requests) == (30.0, 4.0)
     assert obs.kv_cache_usage == pytest.approx(0.75)
-    assert len(fake.calls) == 4
+    assert (obs.ttft_seconds, obs.tpot_seconds) == (0.21, 0.034)
+    assert len(fake.calls) == 6
     for _, params, timeout in fake.calls:
         assert timeout == 3  # rounded up, never 0
         assert params == {"timeout": "3s"}  # Prometheus's own evaluation timeout
+
+
+def test_latency_means_are_a_histograms_sum_over_its_count_per_llmdeployment() -> None:
+    queries = metrics.build_queries("vllm", "ns", "chat")
+    sel = 'namespace="ns",llmdeployment="chat"'
+    by = "by (namespace, llmdeployment)"
+    assert queries.ttft_seconds == (
+        f"sum {by} (rate(vllm:time_to_first_token_seconds_sum{{{sel}}}[1m])) / "
+        f"sum {by} (rate(vllm:time_to_first_token_seconds_count{{{sel}}}[1m]))"
+    )
+    assert "tokens_predicted_seconds_total" in str(metrics.build_queries("llamacpp", "a", "b"))
+    tgi = metrics.build_queries("tgi", "a", "b")
+    assert tgi.ttft_seconds is None and tgi.tpot_seconds is not None
 
 
 def test_tgi_has_no_kv_query() -> None:
@@ -212,7 +231,7 @@ def test_grouped_observer_asks_once_per_metric_for_every_llmdeployment() -> None
     first = grouped.observe("vllm", "a", "m1")
     second = grouped.observe("vllm", "a", "m2")
     other = grouped.observe("vllm", "b", "m1")
-    assert len(fake.calls) == 4  # tokens, running, waiting, KV: once for all three
+    assert len(fake.calls) == 6  # tokens, running, waiting, KV, TTFT, TPOT: once for all three
     assert all('llmdeployment!=""' in q for q, _, _ in fake.calls)
     assert (first.output_tokens_per_second, first.waiting_requests) == (100.0, 3.0)
     assert first.kv_cache_usage is None  # a failed auxiliary query leaves only it unknown
@@ -228,10 +247,10 @@ def test_grouped_observer_asks_once_per_metric_for_every_llmdeployment() -> None
     # Missing object: unavailable with the query it would have asked.
     missing = grouped.observe("vllm", "c", "gone")
     assert not missing.available and 'llmdeployment="gone"' in (missing.unavailable_reason or "")
-    assert len(fake.calls) == 4
+    assert len(fake.calls) == 6
     now[0] = 11.0  # the table aged: asked again, once
     grouped.observe("vllm", "a", "m1")
-    assert len(fake.calls) == 8
+    assert len(fake.calls) == 12
 
 
 def test_grouped_observer_failure_makes_everyone_unavailable() -> None:

@@ -29,7 +29,7 @@ Which engine a pod runs comes from its ``serving.llm-operator.io/engine`` label
 Offered load is set per LLMDeployment over HTTP:
 
     PUT    /load/<namespace>/<name>  {"outputTokensPerSecond": X, "perReplicaCapacity": Y?,
-                                      "promptTokensPerOutputToken": R?}
+                                      "promptTokensPerOutputToken": R?, "latencyFactor": F?}
     GET    /load                     all loads;   GET /load/<namespace>/<name>  one load
     DELETE /load/<namespace>/<name>  back to zero load
     GET    /state                    what each LLMDeployment serves now (JSON)
@@ -39,6 +39,12 @@ Per-replica capacity (output tokens/s) is ``perReplicaCapacity`` when given, els
 LLMDeployment's ``status.plan.outputTokensPerSecond``, else ``--default-capacity``. Served
 tokens/s = min(load, Ready pods x capacity), spread evenly over the Ready pods; the rest
 shows up as waiting (queued) requests.
+
+Latencies: each finished request measured what the plan predicts at its pod's load
+(``status.plan.loadCurve`` at the requests the pod runs) times ``latencyFactor`` (1 by
+default), exported as vLLM's TTFT and per-request TPOT histograms, TGI's mean time per
+token and llama.cpp's generation seconds: a test sets how far the engines are from the
+planner and checks that the operator measures it and `llmctl calibrate` fits it.
 """
 
 from __future__ import annotations
@@ -66,6 +72,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from llm_operator.api.v1alpha1 import LoadPoint
+from llm_operator.autoscaler.fidelity import at_load
+
 LLMD_LABEL = "serving.llm-operator.io/llmdeployment"
 ENGINE_LABEL = "serving.llm-operator.io/engine"
 KWOK_NODE_LABEL = "type=kwok"  # e2e/cluster/nodes.py labels every fake node
@@ -74,6 +83,7 @@ GROUP, VERSION, PLURAL = "serving.llm-operator.io", "v1alpha1", "llmdeployments"
 ENGINES = ("vllm", "tgi", "llamacpp")
 TARGET_LABELS = ["namespace", "llmdeployment", "pod"]
 TOKEN_BUCKETS = [1.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0]
+SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
 log = logging.getLogger("engine-sim")
 
@@ -83,12 +93,14 @@ class Load:
     output_tokens_per_second: float = 0.0
     per_replica_capacity: float | None = None
     prompt_tokens_per_output_token: float | None = None
+    latency_factor: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "outputTokensPerSecond": self.output_tokens_per_second,
             "perReplicaCapacity": self.per_replica_capacity,
             "promptTokensPerOutputToken": self.prompt_tokens_per_output_token,
+            "latencyFactor": self.latency_factor,
         }
 
 
@@ -106,6 +118,8 @@ class PodState:
     requests_finished: float = 0.0
     generation_seconds: float = 0.0
     prompt_seconds: float = 0.0
+    ttft_seconds: float = 0.0  # sums over finished requests (the histograms' _sum)
+    tpot_seconds: float = 0.0
     # gauges
     served_tps: float = 0.0
     running: float = 0.0
@@ -144,6 +158,7 @@ class Simulator:
         self.loads: dict[tuple[str, str], Load] = {}
         self.pods: dict[str, PodState] = {}  # by pod uid
         self.plan_capacity: dict[tuple[str, str], float] = {}
+        self.plan_curve: dict[tuple[str, str], list[LoadPoint]] = {}
         self.groups: dict[tuple[str, str], GroupState] = {}
 
     # -- cluster view -------------------------------------------------------------------
@@ -153,6 +168,7 @@ class Simulator:
         # real-cpu-0) runs its engine, which Prometheus scrapes itself.
         fake = {n.metadata.name for n in core.list_node(label_selector=KWOK_NODE_LABEL).items}
         plan_capacity: dict[tuple[str, str], float] = {}
+        plan_curve: dict[tuple[str, str], list[LoadPoint]] = {}
         try:
             llmds = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
         except ApiException as exc:  # CRD not installed yet
@@ -163,8 +179,11 @@ class Simulator:
             meta = obj.get("metadata", {})
             plan = (obj.get("status") or {}).get("plan") or {}
             tps = plan.get("outputTokensPerSecond")
+            key = (meta.get("namespace", ""), meta.get("name", ""))
             if isinstance(tps, int | float) and tps > 0:
-                plan_capacity[(meta.get("namespace", ""), meta.get("name", ""))] = float(tps)
+                plan_capacity[key] = float(tps)
+            if plan.get("loadCurve"):
+                plan_curve[key] = [LoadPoint.model_validate(p) for p in plan["loadCurve"]]
         seen: dict[str, tuple[Any, bool]] = {}
         for pod in pods:
             if pod.status is None or pod.status.phase != "Running":
@@ -179,6 +198,7 @@ class Simulator:
             seen[pod.metadata.uid] = (pod, ready)
         with self.lock:
             self.plan_capacity = plan_capacity
+            self.plan_curve = plan_curve
             for uid in list(self.pods):
                 if uid not in seen:
                     del self.pods[uid]
@@ -230,6 +250,8 @@ class Simulator:
                 waiting_total = (offered - served) / self.stream_tps
                 max_running = max(capacity / self.stream_tps, 1.0)
                 share = served / len(ready) if ready else 0.0
+                factor = load.latency_factor or 1.0
+                curve = self.plan_curve.get(key)
                 for pod in pods:
                     pod.served_tps = share if pod.ready else 0.0
                     pod.running = pod.served_tps / self.stream_tps
@@ -237,11 +259,19 @@ class Simulator:
                     pod.waiting = waiting_total / len(holders) if pod in holders else 0.0
                     pod.kv_usage = min(1.0, pod.running / max_running)
                     gen = pod.served_tps * dt
+                    finished = gen / self.tokens_per_request
+                    # What a finished request measured: the plan's prediction at the
+                    # pod's load (its loadCurve), times the load's latencyFactor, so a
+                    # test knows exactly how far the engines are from the planner.
+                    ttft, tpot = self._latencies(curve, pod.running)
                     pod.generation_tokens += gen
                     pod.prompt_tokens += gen * ratio
-                    pod.requests_finished += gen / self.tokens_per_request
+                    pod.requests_finished += finished
+                    pod.ttft_seconds += finished * ttft * factor
+                    pod.tpot_seconds += finished * tpot * factor
                     if gen > 0:
-                        pod.generation_seconds += dt
+                        # llama-server adds each slot's generation time: tokens x TPOT.
+                        pod.generation_seconds += gen * tpot * factor
                         pod.prompt_seconds += dt * 0.05
                 groups[key] = GroupState(
                     ready=len(ready),
@@ -254,6 +284,14 @@ class Simulator:
                     pods=sorted(p.name for p in pods),
                 )
             self.groups = groups
+
+    def _latencies(self, curve: list[LoadPoint] | None, running: float) -> tuple[float, float]:
+        """(TTFT, TPOT) in seconds at `running` requests in flight: the plan's curve, or
+        without one 100 ms and one stream's token interval."""
+        if not curve:
+            return 0.1, 1.0 / self.stream_tps
+        point = at_load(curve, max(running, 1.0))
+        return point.ttft_ms / 1000, point.tpot_ms / 1000
 
     def snapshot(self) -> list[PodState]:
         with self.lock:
@@ -312,6 +350,16 @@ class EngineCollector(Collector):
         kv = GaugeMetricFamily(
             "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", labels=labels
         )
+        ttft = HistogramMetricFamily(
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            labels=labels,
+        )
+        tpot = HistogramMetricFamily(
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of time_per_output_token_seconds per request.",
+            labels=labels,
+        )
         for p in pods:
             values = [*p.labels(), p.model, "0"]
             gen.add_metric(values, p.generation_tokens)
@@ -320,8 +368,13 @@ class EngineCollector(Collector):
             running.add_metric(values, p.running)
             waiting.add_metric(values, p.waiting)
             kv.add_metric(values, p.kv_usage)
+            n = p.requests_finished
+            ttft.add_metric(values, _buckets(n, p.ttft_seconds / n if n else 0.0, SECONDS_BUCKETS),
+                            p.ttft_seconds)  # fmt: skip
+            tpot.add_metric(values, _buckets(n, p.tpot_seconds / n if n else 0.0, SECONDS_BUCKETS),
+                            p.tpot_seconds)  # fmt: skip
         if pods:
-            yield from (gen, prompt, success, running, waiting, kv)
+            yield from (gen, prompt, success, running, waiting, kv, ttft, tpot)
 
     def _tgi(self, pods: list[PodState]) -> Iterable[Metric]:
         generated = HistogramMetricFamily(
@@ -339,6 +392,11 @@ class EngineCollector(Collector):
         batch = GaugeMetricFamily(
             "tgi_batch_current_size", "Current batch size", labels=TARGET_LABELS
         )
+        per_token = HistogramMetricFamily(
+            "tgi_request_mean_time_per_token_duration",
+            "Mean time per token per request",
+            labels=TARGET_LABELS,
+        )
         per_request = self.sim.tokens_per_request
         for p in pods:
             values = p.labels()
@@ -351,8 +409,10 @@ class EngineCollector(Collector):
             success.add_sample("tgi_request_success", label_map, n)
             queue.add_metric(values, p.waiting)
             batch.add_metric(values, p.running)
+            mean_tpot = p.tpot_seconds / n if n else 0.0
+            per_token.add_metric(values, _buckets(n, mean_tpot, SECONDS_BUCKETS), p.tpot_seconds)
         if pods:
-            yield from (generated, input_length, count, success, queue, batch)
+            yield from (generated, input_length, count, success, queue, batch, per_token)
 
     def _llamacpp(self, pods: list[PodState]) -> Iterable[Metric]:
         families = {
@@ -397,9 +457,11 @@ class EngineCollector(Collector):
             yield from families.values()
 
 
-def _buckets(count: float, value: float) -> list[tuple[str, float]]:
+def _buckets(
+    count: float, value: float, bounds: list[float] = TOKEN_BUCKETS
+) -> list[tuple[str, float]]:
     """Cumulative histogram buckets with ``count`` observations, all equal to ``value``."""
-    out = [(repr(b), count if value <= b else 0.0) for b in TOKEN_BUCKETS]
+    out = [(repr(b), count if value <= b else 0.0) for b in bounds]
     out.append(("+Inf", count))
     return out
 
@@ -461,6 +523,7 @@ def make_handler(sim: Simulator, registry: CollectorRegistry) -> type[BaseHTTPRe
                     prompt_tokens_per_output_token=_opt_float(
                         body.get("promptTokensPerOutputToken")
                     ),
+                    latency_factor=_opt_float(body.get("latencyFactor")),
                 )
                 if load.output_tokens_per_second < 0:
                     raise ValueError("outputTokensPerSecond must be >= 0")

@@ -1,10 +1,12 @@
-"""`llmctl`: the offline CLI for people and CI (plan, estimate, render, resolve, crd, catalog).
+"""`llmctl`: the offline CLI for people and CI (plan, estimate, render, resolve, crd, catalog),
+and `calibrate`, which reads a running fleet.
 
-No cluster needed. `--model` takes a catalog name (no network), a Hugging Face id (its
-config.json, read through `llm_operator.hub`), a local directory holding config.json or a
-local .gguf file; `--model-config FILE` names the config.json (or .gguf) explicitly. Exit
-codes: 0 success, 1 no feasible plan, 2 bad input (the message names the field and the
-closest valid names).
+No cluster needed, except for `calibrate` (a kubeconfig and Prometheus). `--model` takes a
+catalog name (no network), a Hugging Face id (its config.json, read through
+`llm_operator.hub`), a local directory holding config.json or a local .gguf file;
+`--model-config FILE` names the config.json (or .gguf) explicitly. Exit codes: 0 success,
+1 no feasible plan (calibrate: nothing measured), 2 bad input (the message names the field
+and the closest valid names).
 """
 
 from __future__ import annotations
@@ -16,21 +18,38 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config import ConfigException
 from pydantic import ValidationError
 
-from llm_operator import engines
+from llm_operator import engines, kube
 from llm_operator.api import crd as crd_gen
 from llm_operator.api.v1alpha1 import (
     ENGINES,
+    GROUP,
+    PLURAL,
     QUANTIZATIONS,
+    VERSION,
     LLMDeployment,
     LLMDeploymentSpec,
+    LLMDeploymentStatus,
 )
-from llm_operator.catalog import GIB, Catalog, CatalogError, UnknownNameError, load_catalog
+from llm_operator.autoscaler import fidelity, metrics
+from llm_operator.catalog import (
+    GIB,
+    Catalog,
+    CatalogError,
+    UnknownNameError,
+    load_catalog,
+    parse_calibrations,
+)
 from llm_operator.catalog.resolve import ConfigError, ResolvedModel
 from llm_operator.engines import Ask
 from llm_operator.planner import memory
@@ -93,7 +112,15 @@ def load_llmdeployment(path: Path) -> LLMDeployment:
 
 def _catalog(args: argparse.Namespace) -> Catalog:
     try:
-        return load_catalog(args.model_catalog, args.gpu_catalog)
+        catalog = load_catalog(args.model_catalog, args.gpu_catalog)
+        path = getattr(args, "calibration", None)
+        if path is None:
+            return catalog
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise CatalogError(str(path), f"cannot be read ({err.strerror})") from err
+        return replace(catalog, calibrations=parse_calibrations(text, str(path)))
     except CatalogError as err:
         raise UsageError(str(err)) from err
 
@@ -506,6 +533,12 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 def _add_catalog_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-catalog", type=Path, help="models YAML replacing the built-in one")
     p.add_argument("--gpu-catalog", type=Path, help="GPU YAML replacing the built-in one")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE",
+        help="fleet calibration (what `llmctl calibrate` writes) the predictions include",
+    )
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -549,6 +582,83 @@ def cmd_engines(args: argparse.Namespace) -> int:
     del args
     print(engines.support_matrix(), end="")
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit the fleet calibration from what the running deployments' engines measured.
+
+    Reads the LLMDeployments (their plans and load curves) through the kubeconfig and the
+    engines' own metrics from Prometheus over `--window`, compares them at the measured
+    load (`autoscaler.fidelity`) and writes the calibration YAML (for the operator's
+    calibration ConfigMap and `llmctl --calibration`).
+    """
+    catalog = _catalog(args)
+    try:
+        kube.load_config(args.kubeconfig)
+        api = client.CustomObjectsApi()
+        if args.namespace:
+            found = api.list_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL)
+        else:
+            found = api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    except (ConfigException, ApiException, OSError, urllib3.exceptions.HTTPError) as err:
+        raise UsageError(f"--kubeconfig: cannot list LLMDeployments ({err})") from err
+    deployments: dict[str, list[tuple[tuple[str, str], LLMDeploymentStatus]]] = {}
+    items: list[dict[str, Any]] = found.get("items", []) if isinstance(found, dict) else []
+    for item in items:
+        meta = item.get("metadata", {})
+        try:
+            status = LLMDeploymentStatus.model_validate(item.get("status") or {})
+        except ValidationError:
+            continue  # another version's status: nothing to compare
+        if status.plan is None or not status.plan.load_curve or not status.ready_replicas:
+            continue
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        deployments.setdefault(status.plan.engine, []).append((key, status))
+    prometheus = metrics.make_client(args.prometheus, args.timeout)
+    samples: list[fidelity.FleetSample] = []
+    for engine, members in sorted(deployments.items()):
+        try:
+            observed = metrics.observe_fleet(
+                prometheus, engine, timeout_s=args.timeout, window=args.window
+            )
+        except metrics.MetricsError as err:
+            raise UsageError(f"--prometheus: {err}") from err
+        for key, status in members:
+            assert status.plan is not None
+            obs = observed.get(key)
+            perf = fidelity.compare(status.plan, obs, status.ready_replicas or 0) if obs else None
+            if perf is None:
+                print(f"{key[0]}/{key[1]}: nothing measured in {args.window}", file=sys.stderr)
+                continue
+            samples.append(fidelity.FleetSample(engine, status.plan.gpu, status.plan, perf))
+    previous = [
+        c.model_copy(update={"gpu": _canonical_gpu(catalog, c.gpu)}) for c in catalog.calibrations
+    ]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fitted, lines = fidelity.fit(samples, previous, stamp)
+    for line in lines or ["no deployment measured anything: nothing fitted"]:
+        print(line, file=sys.stderr)
+    text = yaml.safe_dump(
+        {"calibrations": [c.model_dump(by_alias=True, exclude_none=True) for c in fitted]},
+        sort_keys=False,
+    )
+    header = (
+        f"# Fleet calibration: `llmctl calibrate --prometheus {args.prometheus} --window "
+        f"{args.window}` at {stamp}\n# from {len(samples)} deployments; load it with "
+        "`llmctl --calibration FILE` or the operator's calibration ConfigMap.\n"
+    )
+    if args.output_file:
+        Path(args.output_file).write_text(header + text)
+    else:
+        print(header + text, end="")
+    return 0 if samples else 1
+
+
+def _canonical_gpu(catalog: Catalog, name: str) -> str:
+    try:
+        return catalog.gpu(name).name
+    except UnknownNameError:
+        return name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -609,6 +719,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("engines", help="print what each engine supports (Markdown table)")
     m.set_defaults(func=cmd_engines)
+
+    f = sub.add_parser(
+        "calibrate",
+        help="fit the fleet calibration from what the running deployments measured "
+        "(Prometheus) and write it as YAML",
+    )
+    f.add_argument("--prometheus", required=True, help="Prometheus URL, e.g. http://prom:9090")
+    f.add_argument("--window", default="1h", help="PromQL duration to average over (1h)")
+    f.add_argument("--kubeconfig", help="kubeconfig (default: KUBECONFIG, ~/.kube/config)")
+    f.add_argument("-n", "--namespace", help="only this namespace's LLMDeployments")
+    f.add_argument("--timeout", type=float, default=30.0, help="seconds per query")
+    f.add_argument("-o", "--output-file", help="write here instead of stdout")
+    _add_catalog_flags(f)
+    f.set_defaults(func=cmd_calibrate)
 
     k = sub.add_parser("catalog", help="list catalog models or GPUs")
     k.add_argument("what", choices=["models", "gpus"])

@@ -29,7 +29,7 @@ from prometheus_client import start_http_server
 
 from llm_operator.api import conditions as cond
 from llm_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION, Condition
-from llm_operator.autoscaler import loop, metrics
+from llm_operator.autoscaler import fidelity, loop, metrics
 from llm_operator.catalog import Catalog, CatalogError
 from llm_operator.catalog.reload import CatalogFiles, Change
 from llm_operator.errors import GoneError, InvalidSpecError, TransientError
@@ -54,6 +54,7 @@ from llm_operator.metrics import (
     IN_FLIGHT,
     OBSERVED_TOKENS,
     PLANNED_COST,
+    PREDICTION_ERROR,
     RECONCILE_SECONDS,
     RECONCILES,
     REPLICAS,
@@ -201,15 +202,19 @@ def load_catalogs() -> CatalogFiles:
     """
     try:
         catalogs = CatalogFiles(
-            SETTINGS.model_catalog, SETTINGS.gpu_catalog, SETTINGS.catalog_check_interval_s
+            SETTINGS.model_catalog,
+            SETTINGS.gpu_catalog,
+            SETTINGS.catalog_check_interval_s,
+            calibration_path=SETTINGS.calibration,
         )
     except CatalogError as err:
         raise kopf.PermanentError(
             f"{err}. Not starting: there is no last good catalog to plan with, and the "
             "built-in one would re-plan the existing LLMDeployments. Fix the file (or its "
-            "ConfigMap) or unset LLM_OPERATOR_GPU_CATALOG / LLM_OPERATOR_MODEL_CATALOG"
+            "ConfigMap) or unset LLM_OPERATOR_GPU_CATALOG / LLM_OPERATOR_MODEL_CATALOG / "
+            "LLM_OPERATOR_CALIBRATION"
         ) from None  # NOTE: the message names every bad field; pydantic's chain adds noise
-    for kind in ("gpu", "model"):
+    for kind in ("gpu", "model", "calibration"):
         CATALOG_VALID.labels(kind).set(1)
         CATALOG_LAST_GOOD.labels(kind).set_to_current_time()
     return catalogs
@@ -218,6 +223,8 @@ def load_catalogs() -> CatalogFiles:
 def _catalog_configmap(change: Change) -> tuple[str, str] | None:
     if change.catalog == "gpu":
         return SETTINGS.gpu_catalog_configmap
+    if change.catalog == "calibration":
+        return SETTINGS.calibration_configmap
     return SETTINGS.model_catalog_configmap
 
 
@@ -452,6 +459,7 @@ def _autoscale_locked(body: kopf.Body, memo: kopf.Memo, logger: Any, view: Index
             timeout_s=SETTINGS.query_timeout_s,
             last_persisted=_persisted.get(uid),
             observer=memo.observer,
+            tolerance=SETTINGS.prediction_tolerance,
         )
         new_status = tick.status.model_dump(by_alias=True, exclude_none=True, mode="json")
         if tick.scaled:
@@ -477,6 +485,9 @@ def _autoscale_locked(body: kopf.Body, memo: kopf.Memo, logger: Any, view: Index
         kopf.info(
             body, reason="Scaled", message=f"{decision.replicas} replicas: {decision.message}"
         )
+    _report_prediction_errors(meta.get("namespace", ""), meta["name"], tick)
+    if tick.diverged is not None:
+        kopf.warn(body, reason="PredictionDiverged", message=tick.diverged)
     if tick.budget_newly_limited:
         kopf.warn(body, reason="BudgetLimited", message=decision.message)
     if tick.metrics_flipped:
@@ -489,6 +500,18 @@ def _autoscale_locked(body: kopf.Body, memo: kopf.Memo, logger: Any, view: Index
     if outcome is not None:
         _report(body, outcome)
     logger.debug("autoscaler: %s %s", decision.reason, decision.message)
+
+
+def _report_prediction_errors(namespace: str, name: str, tick: loop.Tick) -> None:
+    """One gauge per metric compared; a metric not measured on this tick has no series
+    (a stale error would look current)."""
+    found = fidelity.errors(tick.status.performance)
+    for metric in ("ttft", "tpot", "tokens_per_second"):
+        if metric in found:
+            PREDICTION_ERROR.labels(namespace, name, metric).set(found[metric])
+        else:
+            with contextlib.suppress(KeyError):
+                PREDICTION_ERROR.remove(namespace, name, metric)
 
 
 # --- watch-fed indexes: what a reconcile pass reads, without a LIST -----------------------

@@ -31,6 +31,12 @@ OBSERVED_TOKENS = Gauge(
     "Output tokens/s observed by the autoscaler",
     ["namespace", "name"],
 )
+PREDICTION_ERROR = Gauge(
+    "llm_operator_prediction_error_ratio",
+    "Observed / predicted - 1 at the observed load per LLMDeployment (ttft, tpot, "
+    "tokens_per_second per replica); absent without measurements",
+    ["namespace", "name", "metric"],
+)
 IN_FLIGHT = Gauge(
     "llm_operator_reconciles_in_flight",
     "Reconcile and autoscaler passes running, and those waiting for their object's lock",

@@ -64,6 +64,11 @@ class Settings:
             are posted on it; None: reported in the log and metrics only.
         model_catalog_configmap: the same for model_catalog
             (LLM_OPERATOR_MODEL_CATALOG_CONFIGMAP).
+        calibration: fleet calibration file (`llmctl calibrate`; the chart mounts its
+            ConfigMap here, LLM_OPERATOR_CALIBRATION); None: the planner's own
+            efficiencies.
+        calibration_configmap: the ConfigMap mounted at calibration
+            (LLM_OPERATOR_CALIBRATION_CONFIGMAP), for reload events.
         catalog_check_interval_s: custom catalog files are re-read at most this often, by
             the first reconcile pass after it (LLM_OPERATOR_CATALOG_CHECK_INTERVAL).
         prometheus_url: where the autoscaler queries engine metrics; empty disables it.
@@ -73,6 +78,8 @@ class Settings:
             net: changes of the children are watched and handled as they happen).
         autoscale_interval_s: how often the autoscaler runs per LLMDeployment.
         query_timeout_s: timeout of each Prometheus query.
+        prediction_tolerance: |observed / predicted - 1| of TTFT, TPOT or tokens/s beyond
+            which a PredictionDiverged event is posted (LLM_OPERATOR_PREDICTION_TOLERANCE).
         api_timeout_s: timeout of each Kubernetes API request (the read; connecting gets
             at most 10 s), the operator's and Kopf's.
         peering: Kopf peering name for HA ("" runs standalone).
@@ -93,6 +100,8 @@ class Settings:
     model_catalog: Path | None = None
     gpu_catalog_configmap: tuple[str, str] | None = None
     model_catalog_configmap: tuple[str, str] | None = None
+    calibration: Path | None = None
+    calibration_configmap: tuple[str, str] | None = None
     catalog_check_interval_s: float = 5.0
     prometheus_url: str = ""
     metrics_port: int = 8080
@@ -100,6 +109,7 @@ class Settings:
     reconcile_interval_s: float = 300.0
     autoscale_interval_s: float = 15.0
     query_timeout_s: float = 5.0
+    prediction_tolerance: float = 0.25
     api_timeout_s: float = 30.0
     peering: str = ""
     monitoring: bool = False
@@ -123,6 +133,10 @@ class Settings:
                 "LLM_OPERATOR_MODEL_CATALOG_CONFIGMAP",
                 env("LLM_OPERATOR_MODEL_CATALOG_CONFIGMAP", ""),
             ),
+            calibration=_path("LLM_OPERATOR_CALIBRATION"),
+            calibration_configmap=parse_object_ref(
+                "LLM_OPERATOR_CALIBRATION_CONFIGMAP", env("LLM_OPERATOR_CALIBRATION_CONFIGMAP", "")
+            ),
             catalog_check_interval_s=float(env("LLM_OPERATOR_CATALOG_CHECK_INTERVAL", "5")),
             prometheus_url=env("LLM_OPERATOR_PROMETHEUS_URL", ""),
             metrics_port=int(env("LLM_OPERATOR_METRICS_PORT", "8080")),
@@ -130,6 +144,7 @@ class Settings:
             reconcile_interval_s=float(env("LLM_OPERATOR_RECONCILE_INTERVAL", "300")),
             autoscale_interval_s=float(env("LLM_OPERATOR_AUTOSCALE_INTERVAL", "15")),
             query_timeout_s=float(env("LLM_OPERATOR_QUERY_TIMEOUT", "5")),
+            prediction_tolerance=float(env("LLM_OPERATOR_PREDICTION_TOLERANCE", "0.25")),
             api_timeout_s=float(env("LLM_OPERATOR_API_TIMEOUT", "30")),
             peering=env("LLM_OPERATOR_PEERING", ""),
             monitoring=env("LLM_OPERATOR_MONITORING", "false").lower() == "true",

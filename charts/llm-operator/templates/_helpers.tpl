@@ -72,6 +72,14 @@ helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+
 {{- end }}
 
 {{/* Name of the ConfigMap holding the GPU catalog, or "" when the built-in one is used. */}}
+{{- define "llm-operator.calibrationConfigMap" -}}
+{{- if .Values.calibration.content }}
+{{- printf "%s-calibration" (include "llm-operator.fullname" .) }}
+{{- else if .Values.calibration.existingConfigMap }}
+{{- .Values.calibration.existingConfigMap }}
+{{- end }}
+{{- end }}
+
 {{- define "llm-operator.gpuCatalogConfigMap" -}}
 {{- if .Values.gpuCatalog.content }}
 {{- printf "%s-gpu-catalog" (include "llm-operator.fullname" .) }}

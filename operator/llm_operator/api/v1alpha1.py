@@ -910,6 +910,27 @@ class Condition(ApiModel):
     )
 
 
+class LoadPoint(ApiModel):
+    """The planner's prediction for one replica at one number of requests in flight, at
+    the workload's prompt and output lengths."""
+
+    concurrency: int = Field(..., description="concurrency is the requests in flight.")
+    ttft_ms: float = Field(..., description="ttftMs is the mean time to first token.")
+    tpot_ms: float = Field(..., description="tpotMs is the mean time per output token.")
+    output_tokens_per_second: float = Field(
+        ..., description="outputTokensPerSecond is the replica's output rate."
+    )
+
+
+class PlanCalibration(ApiModel):
+    """The fleet calibration a plan's predictions include (`llmctl calibrate`)."""
+
+    decode: float = Field(..., description="decode multiplies every predicted decode step's time.")
+    prefill: float = Field(
+        ..., description="prefill multiplies every predicted prefill and request overhead."
+    )
+
+
 class PlanStatus(ApiModel):
     """The chosen plan: hardware, engine settings and predictions per replica."""
 
@@ -946,6 +967,44 @@ class PlanStatus(ApiModel):
     cost_per_hour: float = Field(..., description="costPerHour is one replica's USD per hour.")
     cost_per_million_output_tokens: float = Field(
         ..., description="costPerMillionOutputTokens is predicted USD per million output tokens."
+    )
+    calibration: PlanCalibration | None = Field(
+        None,
+        description="calibration is the fleet calibration of this engine on this GPU type "
+        "that the predictions include; absent when none was loaded.",
+    )
+    load_curve: list[LoadPoint] | None = Field(
+        None,
+        description="loadCurve is the prediction at other numbers of requests in flight, "
+        "which the observed latencies are compared with (status.performance).",
+        max_length=16,
+    )
+
+
+class Comparison(ApiModel):
+    """One measured figure next to what the planner predicts at the measured load."""
+
+    observed: float = Field(..., description="observed is what the engines measured.")
+    predicted: float = Field(
+        ..., description="predicted is the planner's figure at the observed load."
+    )
+    error: float = Field(..., description="error is observed / predicted - 1.")
+
+
+class PerformanceStatus(ApiModel):
+    """Predicted against observed, per replica, at the load the engines report."""
+
+    concurrency_per_replica: float = Field(
+        ..., description="concurrencyPerReplica is the requests each ready replica runs."
+    )
+    ttft_ms: Comparison | None = Field(
+        None, description="ttftMs is the mean time to first token, milliseconds."
+    )
+    tpot_ms: Comparison | None = Field(
+        None, description="tpotMs is the mean time per output token, milliseconds."
+    )
+    output_tokens_per_second: Comparison | None = Field(
+        None, description="outputTokensPerSecond is one replica's output rate."
     )
 
 
@@ -1013,6 +1072,11 @@ class LLMDeploymentStatus(ApiModel):
     )
     tokens_per_second_source: Literal["observed", "planned"] | None = Field(
         None, description="tokensPerSecondSource is observed or planned (see tokensPerSecond)."
+    )
+    performance: PerformanceStatus | None = Field(
+        None,
+        description="performance compares the engines' measured latencies and rate with "
+        "the plan's predictions at the measured load; absent without metrics.",
     )
 
     def with_shown_rate(self) -> LLMDeploymentStatus:

@@ -43,7 +43,9 @@ DEFAULT_TOLERANCE: Final = 0.1
 SATURATED_KV_USAGE: Final = 0.95
 MAX_RECOMMENDATIONS: Final = 512
 MAX_RECOMMENDED: Final = 1_000_000  # replicas; keeps absurd inputs finite
-SETTLE_S: Final = 120.0  # two rate windows: no capacity measurement right after scaling
+# The window of the token rate autoscaler.metrics queries (rate(...[1m])).
+RATE_WINDOW_S: Final = 60.0
+SETTLE_S: Final = 2 * RATE_WINDOW_S  # no capacity measurement right after scaling
 # NOTE: a measured capacity outside [1/4, 4] x the planner's prediction is taken as a
 # measuring error (a replica still warming up, a stuck counter), not as the replica's speed.
 CAPACITY_BOUNDS: Final = (0.25, 4.0)
@@ -82,6 +84,8 @@ class Observation:
         running_requests: requests in the engines' batches, when known.
         waiting_requests: requests queued in the engines, when known.
         kv_cache_usage: mean KV-cache usage over the pods (0..1), when the engine exports it.
+        ttft_seconds: mean time to first token over the window, when the engine measures it.
+        tpot_seconds: mean time per output token over the window, when measured.
         unavailable_reason: why `output_tokens_per_second` is None, for the message.
     """
 
@@ -89,6 +93,8 @@ class Observation:
     running_requests: float | None = None
     waiting_requests: float | None = None
     kv_cache_usage: float | None = None
+    ttft_seconds: float | None = None
+    tpot_seconds: float | None = None
     unavailable_reason: str = ""
 
     @property
@@ -191,6 +197,8 @@ class ScalerState:
         capacity_estimate: measured output tokens/s per saturated replica, if any.
         saturated_since: start of the current run of saturated observations; None when
             the last one was not saturated.
+        last_saturated_time: when an observation was last saturated (a queue or a full
+            KV cache).
     """
 
     recommendations: tuple[tuple[float, int], ...] = ()
@@ -199,6 +207,7 @@ class ScalerState:
     last_active_time: float | None = None
     capacity_estimate: float | None = None
     saturated_since: float | None = None
+    last_saturated_time: float | None = None
 
     def to_json(self) -> str:
         """Compact JSON, e.g. `{"v":1,"rec":[[1700000000.0,3]],"since":...}`."""
@@ -210,6 +219,7 @@ class ScalerState:
             "lastActive": self.last_active_time,
             "capacity": self.capacity_estimate,
             "saturatedSince": self.saturated_since,
+            "lastSaturated": self.last_saturated_time,
         }
         return json.dumps(doc, separators=(",", ":"))
 
@@ -241,6 +251,7 @@ class ScalerState:
                 last_active_time=_opt_float(doc.get("lastActive")),
                 capacity_estimate=_opt_positive(doc.get("capacity")),
                 saturated_since=_opt_float(doc.get("saturatedSince")),
+                last_saturated_time=_opt_float(doc.get("lastSaturated")),
             )
         except (ValueError, TypeError, OverflowError):
             return cls()
@@ -383,9 +394,15 @@ def decide(
     since = state.observed_since if state.observed_since is not None else now
     active = demand > 0
     last_active = now if active or state.last_active_time is None else state.last_active_time
+    last_saturated = now if _saturated(observation) else state.last_saturated_time
+    # NOTE: while the rate's window still covers a queue, the rate says what the replicas
+    # could serve, not what was asked of them (right after a scale-up it still averages
+    # the minute when fewer replicas served): such a recommendation never counts for less
+    # than the replicas there are, so scale-down waits for the rate to show the demand.
+    capped = last_saturated is not None and now - last_saturated < RATE_WINDOW_S
     horizon = now - max(policy.scale_up_window_s, policy.scale_down_window_s)
     recs = tuple((t, n) for t, n in state.recommendations if horizon <= t < now)
-    recs = (*recs, (now, needed))[-MAX_RECOMMENDATIONS:]
+    recs = (*recs, (now, max(needed, current) if capped else needed))[-MAX_RECOMMENDATIONS:]
 
     target, reason = _stabilize(needed, current, now, since, recs, policy, state)
 
@@ -421,6 +438,7 @@ def decide(
         last_active_time=last_active,
         capacity_estimate=estimate,
         saturated_since=saturated_since,
+        last_saturated_time=last_saturated,
     )
     return Decision(
         replicas=desired,
@@ -498,10 +516,7 @@ def _refine_capacity(
     measured while replicas start or stop or within `SETTLE_S` of a scaling action.
     """
     estimate = state.capacity_estimate
-    waiting = observation.waiting_requests or 0.0
-    kv = observation.kv_cache_usage
-    kv = kv if kv is not None and 0.0 <= kv <= 1.0 else None  # not a fraction: unknown
-    saturated = waiting > 0 or (kv is not None and kv >= SATURATED_KV_USAGE)
+    saturated = _saturated(observation)
     since = (
         (state.saturated_since if state.saturated_since is not None else now) if saturated else None
     )
@@ -519,6 +534,14 @@ def _refine_capacity(
         return None, since
     low, high = CAPACITY_BOUNDS
     return min(max(estimate, low * planned), high * planned), since
+
+
+def _saturated(observation: Observation) -> bool:
+    """Requests wait in the engines' queues, or the KV cache is nearly full."""
+    waiting = observation.waiting_requests or 0.0
+    kv = observation.kv_cache_usage
+    kv = kv if kv is not None and 0.0 <= kv <= 1.0 else None  # not a fraction: unknown
+    return waiting > 0 or (kv is not None and kv >= SATURATED_KV_USAGE)
 
 
 def _demand(observation: Observation, served: float, per_replica: float) -> float:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from llm_operator.api import conditions as cond
 from llm_operator.api.v1alpha1 import Condition, LLMDeployment, LLMDeploymentStatus
-from llm_operator.autoscaler import metrics
+from llm_operator.autoscaler import fidelity, metrics
 from llm_operator.autoscaler.decide import (
     Decision,
     Policy,
@@ -45,6 +45,8 @@ class Tick:
         metrics_flipped: MetricsAvailable changed status on this tick (worth one log line
             and one event, not one per tick).
         persist_state: the state annotation to write, or None to leave it.
+        diverged: a sentence when the measured latencies or rate newly left the prediction
+            tolerance on this tick (worth an event), else None.
     """
 
     decision: Decision
@@ -53,6 +55,7 @@ class Tick:
     budget_newly_limited: bool
     metrics_flipped: bool
     persist_state: str | None
+    diverged: str | None = None
 
 
 def active(llmd: LLMDeployment) -> bool:
@@ -76,6 +79,7 @@ def tick(
     timeout_s: float,
     last_persisted: float | None,
     observer: metrics.GroupedObserver | None = None,
+    tolerance: float = fidelity.DEFAULT_TOLERANCE,
 ) -> Tick:
     """Observe the load of `llmd`, decide its replicas and build the status to write.
 
@@ -87,6 +91,7 @@ def tick(
         last_persisted: when this process last wrote the state annotation (None: never).
         observer: answers from one grouped query per metric for every LLMDeployment
             (the operator's); None asks Prometheus through `client` for this one only.
+        tolerance: |observed / predicted - 1| beyond which predictions diverge.
 
     Returns:
         The decision and what to write.
@@ -114,6 +119,13 @@ def tick(
         policy=Policy.from_spec(llmd.spec),
         state=state,
     )
+    performance = (
+        fidelity.compare(plan, observation, status.ready_replicas or 0)
+        if decision.metrics_available
+        else None
+    )
+    now_off = fidelity.diverged(performance, tolerance)
+    was_off = fidelity.diverged(status.performance, tolerance * fidelity.RECOVERY_SHARE)
     return Tick(
         decision=decision,
         # NOTE: a rate decide() refused (negative, astronomical) is not shown either.
@@ -122,7 +134,8 @@ def tick(
             status,
             decision,
             observation.output_tokens_per_second if decision.metrics_available else None,
-        ),
+        ).model_copy(update={"performance": performance}),
+        diverged=now_off if now_off is not None and was_off is None else None,
         scaled=decision.replicas != current,
         budget_newly_limited=(
             decision.budget_limited and not cond.is_true(status.conditions, cond.BUDGET_LIMITED)

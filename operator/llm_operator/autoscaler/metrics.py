@@ -29,7 +29,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from string import Template
 from typing import Any, Final, Protocol
 
@@ -40,10 +40,10 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from llm_operator import engines
-from llm_operator.autoscaler.decide import Observation
+from llm_operator.autoscaler.decide import RATE_WINDOW_S, Observation
 from llm_operator.engines import Metrics
 
-RATE_WINDOW: Final = "1m"
+RATE_WINDOW: Final = f"{RATE_WINDOW_S / 60:.0f}m"  # decide() knows how long the rate looks back
 # NOTE: the grouped token-rate answer for 10,000 LLMDeployments is about 2 MB; an answer
 # 16x that is not one we asked for, and is not held in memory.
 MAX_ANSWER_BYTES: Final = 32 * 2**20
@@ -183,12 +183,7 @@ def build_queries(
     if tokens_query:
         values = {"namespace": _escape(namespace), "name": _escape(name)}
         tokens = Template(tokens_query).safe_substitute(values)
-        return EngineQueries(
-            output_tokens_per_second=tokens,
-            running_requests=queries.running_requests,
-            waiting_requests=queries.waiting_requests,
-            kv_cache_usage=queries.kv_cache_usage,
-        )
+        return replace(queries, output_tokens_per_second=tokens)
     return queries
 
 
@@ -197,8 +192,9 @@ ALL_LLMDEPLOYMENTS: Final = 'llmdeployment!=""'
 GROUP_BY: Final = "by (namespace, llmdeployment)"
 
 
-def _queries(engine: str, matcher: str) -> EngineQueries:
-    """An engine's queries for a label matcher, aggregated by LLMDeployment.
+def _queries(engine: str, matcher: str, window: str = RATE_WINDOW) -> EngineQueries:
+    """An engine's queries for a label matcher, aggregated by LLMDeployment; over a window
+    other than the autoscaler's, the gauges are averaged over it too.
 
     Raises:
         ValueError: for an unknown engine.
@@ -207,10 +203,17 @@ def _queries(engine: str, matcher: str) -> EngineQueries:
         templates = engines.get(engine).metrics
     except KeyError as err:
         raise ValueError(str(err)) from None
-    sel = {"selector": matcher, "window": RATE_WINDOW}
+    sel = {"selector": matcher, "window": window}
 
     def agg(how: str, template: str) -> str:
-        return f"{how} {GROUP_BY} ({Template(template).substitute(sel)})"
+        query = f"{how} {GROUP_BY} ({Template(template).substitute(sel)})"
+        if window == RATE_WINDOW or "[$window]" in template:
+            return query
+        return f"avg_over_time(({query})[{window}:])"  # a gauge's mean over the window
+
+    def mean(template: str | None) -> str | None:
+        # NOTE: already aggregated per LLMDeployment (a histogram's sum over its count).
+        return None if template is None else Template(template).substitute(sel, by=GROUP_BY)
 
     kv = templates.kv_cache_usage
     return EngineQueries(
@@ -218,6 +221,8 @@ def _queries(engine: str, matcher: str) -> EngineQueries:
         running_requests=agg("sum", templates.running_requests),
         waiting_requests=agg("sum", templates.waiting_requests),
         kv_cache_usage=None if kv is None else agg("avg", kv),
+        ttft_seconds=mean(templates.ttft_seconds),
+        tpot_seconds=mean(templates.tpot_seconds),
     )
 
 
@@ -312,11 +317,9 @@ def observe(
         output_tokens_per_second=tokens,
         running_requests=_optional(client, queries.running_requests, timeout_s),
         waiting_requests=_optional(client, queries.waiting_requests, timeout_s),
-        kv_cache_usage=(
-            None
-            if queries.kv_cache_usage is None
-            else _optional(client, queries.kv_cache_usage, timeout_s)
-        ),
+        kv_cache_usage=_optional(client, queries.kv_cache_usage, timeout_s),
+        ttft_seconds=_optional(client, queries.ttft_seconds, timeout_s),
+        tpot_seconds=_optional(client, queries.tpot_seconds, timeout_s),
     )
 
 
@@ -389,6 +392,25 @@ class _Table:
     running: dict[tuple[str, str], float] | None = None
     waiting: dict[tuple[str, str], float] | None = None
     kv: dict[tuple[str, str], float] | None = None
+    ttft: dict[tuple[str, str], float] | None = None
+    tpot: dict[tuple[str, str], float] | None = None
+
+    def observation(self, key: tuple[str, str], tokens: float) -> Observation:
+        """One LLMDeployment's row, with its (finite) token rate."""
+
+        def aux(values: dict[tuple[str, str], float] | None) -> float | None:
+            # A NaN gauge is as good as a failed query: the field is unknown.
+            value = None if values is None else values.get(key)
+            return value if value is not None and math.isfinite(value) else None
+
+        return Observation(
+            output_tokens_per_second=tokens,
+            running_requests=aux(self.running),
+            waiting_requests=aux(self.waiting),
+            kv_cache_usage=aux(self.kv),
+            ttft_seconds=aux(self.ttft),
+            tpot_seconds=aux(self.tpot),
+        )
 
 
 class GroupedObserver:
@@ -439,17 +461,7 @@ class GroupedObserver:
             why = "" if tokens is None else f": {non_finite(tokens)}"
             return Observation.unavailable(f"no data for {query}{why}")
 
-        def aux(values: dict[tuple[str, str], float] | None) -> float | None:
-            # A NaN gauge is as good as a failed query: the field is unknown.
-            value = None if values is None else values.get(key)
-            return value if value is not None and math.isfinite(value) else None
-
-        return Observation(
-            output_tokens_per_second=tokens,
-            running_requests=aux(table.running),
-            waiting_requests=aux(table.waiting),
-            kv_cache_usage=aux(table.kv),
-        )
+        return table.observation(key, tokens)
 
     def _table(self, engine: str) -> _Table:
         with self._lock:
@@ -461,33 +473,62 @@ class GroupedObserver:
             return table
 
     def _query(self, engine: str, now: float) -> _Table:
-        queries = _queries(engine, ALL_LLMDEPLOYMENTS)
         try:
-            tokens = query_by_llmdeployment(
-                self.client, queries.output_tokens_per_second, self.timeout_s
-            )
+            return _grouped(self.client, engine, self.timeout_s, RATE_WINDOW, now)
         except MetricsError as exc:
             return _Table(at=now, error=str(exc))
 
-        def optional(query: str | None) -> dict[tuple[str, str], float] | None:
-            if query is None:
-                return None
-            try:
-                return query_by_llmdeployment(self.client, query, self.timeout_s)
-            except MetricsError:
-                return None
 
-        return _Table(
-            at=now,
-            tokens=tokens,
-            running=optional(queries.running_requests),
-            waiting=optional(queries.waiting_requests),
-            kv=optional(queries.kv_cache_usage),
-        )
+def _grouped(client: QueryClient, engine: str, timeout_s: float, window: str, at: float) -> _Table:
+    """Each of an engine's queries once, by LLMDeployment.
+
+    Raises:
+        MetricsError: the token rate could not be read (the auxiliary signals may fail).
+    """
+    queries = _queries(engine, ALL_LLMDEPLOYMENTS, window)
+    tokens = query_by_llmdeployment(client, queries.output_tokens_per_second, timeout_s)
+
+    def optional(query: str | None) -> dict[tuple[str, str], float] | None:
+        if query is None:
+            return None
+        try:
+            return query_by_llmdeployment(client, query, timeout_s)
+        except MetricsError:
+            return None
+
+    return _Table(
+        at=at,
+        tokens=tokens,
+        running=optional(queries.running_requests),
+        waiting=optional(queries.waiting_requests),
+        kv=optional(queries.kv_cache_usage),
+        ttft=optional(queries.ttft_seconds),
+        tpot=optional(queries.tpot_seconds),
+    )
 
 
-def _optional(client: QueryClient, query: str, timeout_s: float) -> float | None:
-    """An auxiliary signal: a failure leaves it unknown rather than failing the whole read."""
+def observe_fleet(
+    client: QueryClient, engine: str, *, timeout_s: float, window: str
+) -> dict[tuple[str, str], Observation]:
+    """Every LLMDeployment of one engine over `window` (e.g. "1h"): rates and latency
+    means over it, gauges averaged over it (`llmctl calibrate`).
+
+    Raises:
+        MetricsError: when Prometheus cannot be read.
+    """
+    table = _grouped(client, engine, timeout_s, window, 0.0)
+    out: dict[tuple[str, str], Observation] = {}
+    for key, tokens in table.tokens.items():
+        if math.isfinite(tokens):
+            out[key] = table.observation(key, tokens)
+    return out
+
+
+def _optional(client: QueryClient, query: str | None, timeout_s: float) -> float | None:
+    """An auxiliary signal: a failure leaves it unknown rather than failing the whole read
+    (None: the engine has no such metric)."""
+    if query is None:
+        return None
     try:
         return query_scalar(client, query, timeout_s)
     except MetricsError:

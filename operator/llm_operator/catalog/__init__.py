@@ -118,12 +118,42 @@ class GpuType(_Entry):
         return "amd" if self.vendor == "amd" else "nvidia"
 
 
+class Calibration(_Entry):
+    """What one engine on one GPU type really takes, relative to the planner's prediction.
+
+    Written by `llmctl calibrate` from what the fleet's engines measured (Prometheus) and
+    loaded like a catalog (`llmctl --calibration`, the operator's calibration ConfigMap).
+    The planner multiplies the time of every decode step by `decode` and of every prefill
+    and request overhead by `prefill` (`Efficiency.calibrated`), so 1.5 means "50% slower
+    than predicted". Bounded: a factor outside [1/20, 20] is a measuring error.
+
+    Attributes:
+        engine: vllm, tgi or llamacpp.
+        gpu: the GPU catalog name (or an alias) it was measured on.
+        decode: observed / predicted time per output token.
+        prefill: observed / predicted time to first token.
+        deployments: how many deployments the fit saw.
+        fitted: when it was fitted (RFC 3339), for people.
+    """
+
+    engine: Literal["vllm", "tgi", "llamacpp"]
+    gpu: str
+    decode: float = Field(1.0, gt=0.05, lt=20.0)
+    prefill: float = Field(1.0, gt=0.05, lt=20.0)
+    deployments: int = Field(0, ge=0)
+    fitted: str | None = None
+
+
 class _ModelFile(_Entry):
     models: tuple[ModelEntry, ...]
 
 
 class _GpuFile(_Entry):
     gpus: tuple[GpuType, ...]
+
+
+class _CalibrationFile(_Entry):
+    calibrations: tuple[Calibration, ...]
 
 
 def _key(name: str) -> str:
@@ -137,10 +167,19 @@ def _closest(name: str, names: Iterable[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Catalog:
-    """Models and GPUs, looked up by canonical name or alias, case-insensitively."""
+    """Models, GPUs and fleet calibrations, looked up by canonical name or alias,
+    case-insensitively."""
 
     models: tuple[ModelEntry, ...]
     gpus: tuple[GpuType, ...]
+    calibrations: tuple[Calibration, ...] = ()
+
+    def calibration(self, engine: str, gpu: GpuType) -> Calibration | None:
+        """The fleet calibration of `engine` on `gpu`, if one was loaded (the last entry
+        for the pair wins)."""
+        names = {_key(gpu.name), *map(_key, gpu.aliases)}
+        found = [c for c in self.calibrations if c.engine == engine and _key(c.gpu) in names]
+        return found[-1] if found else None
 
     def model(self, name: str) -> ModelEntry:
         """The model named `name` (id or alias).
@@ -246,6 +285,16 @@ def parse_gpus(text: str, origin: str = "GPU catalog") -> tuple[GpuType, ...]:
     """
     gpus: tuple[GpuType, ...] = _parse(_GpuFile, "gpus", text, origin)
     return gpus
+
+
+def parse_calibrations(text: str, origin: str = "calibration") -> tuple[Calibration, ...]:
+    """Parse a calibration YAML text (a top-level `calibrations` list, `llmctl calibrate`).
+
+    Raises:
+        CatalogError: naming `origin` and each bad field (`calibrations[0].decode: ...`).
+    """
+    calibrations: tuple[Calibration, ...] = _parse(_CalibrationFile, "calibrations", text, origin)
+    return calibrations
 
 
 def parse_catalog(models_text: str, gpus_text: str, origin: str = "catalog") -> Catalog:

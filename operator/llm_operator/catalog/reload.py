@@ -8,8 +8,8 @@ custom file at most every `interval_s` seconds (a read and a SHA-256 of a few Ki
 stat of symlink targets, so the swap needs no special case) and parses only content it
 has not seen before:
 
-* valid: it replaces its part of the catalog (models and GPUs are separate files, kept
-  and replaced separately);
+* valid: it replaces its part of the catalog (models, GPUs and the fleet calibration are
+  separate files, kept and replaced separately);
 * invalid (bad YAML, a field the schema refuses such as a GPU with negative memory, an
   empty file, a file that vanished): the last good part stays in use, and the caller gets
   one `Change` naming the file and each bad field, once per change to bad content (the
@@ -34,20 +34,28 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llm_operator.catalog import (
+    Calibration,
     Catalog,
     CatalogError,
     GpuType,
     ModelEntry,
     load_catalog,
+    parse_calibrations,
     parse_gpus,
     parse_models,
 )
 
-CatalogKind = Literal["gpu", "model"]
+CatalogKind = Literal["gpu", "model", "calibration"]
 _FILES: dict[CatalogKind, tuple[str, str]] = {
     # kind -> (built-in file, the `llmctl` flag that checks a file)
     "gpu": ("gpus.yaml", "--gpu-catalog"),
     "model": ("models.yaml", "--model-catalog"),
+    "calibration": ("calibration.yaml", "--calibration"),
+}
+_LABELS: dict[CatalogKind, str] = {
+    "gpu": "GPU catalog",
+    "model": "model catalog",
+    "calibration": "fleet calibration",
 }
 
 
@@ -84,18 +92,20 @@ class Change:
             configmap: "namespace/name" of the ConfigMap mounted at `path`, when known.
         """
         source = f"ConfigMap {configmap} ({self.path.name})" if configmap else str(self.path)
-        label = "GPU" if self.catalog == "gpu" else "model"
+        label = _LABELS[self.catalog]
         if self.error is None:
-            return (
-                f"{label} catalog reloaded from {source}: sha256 {self.digest}, "
-                f"{self.entries} entries"
-            )
+            return f"{label} reloaded from {source}: sha256 {self.digest}, {self.entries} entries"
         builtin, flag = _FILES[self.catalog]
+        check = (
+            f"the format `llmctl calibrate` writes; `llmctl {flag} FILE plan ...` checks a file"
+            if self.catalog == "calibration"
+            else f"the format of the built-in {builtin}; `llmctl {flag} FILE catalog "
+            f"{builtin.removesuffix('.yaml')}` checks a file"
+        )
         return (
-            f"{label} catalog {self.path} refused, still using the last good one "
+            f"{label} {self.path} refused, still using the last good one "
             f"(sha256 {self.kept}): {self.error.problem}. Fix: correct it in {source} "
-            f"(the format of the built-in {builtin}; `llmctl {flag} FILE catalog "
-            f"{builtin.removesuffix('.yaml')}` checks a file)"
+            f"({check})"
         )
 
 
@@ -153,6 +163,8 @@ class CatalogFiles:
         gpus_path: Path | None = None,
         interval_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        calibration_path: Path | None = None,
     ) -> None:
         """Load the catalogs; no last good one exists yet.
 
@@ -161,6 +173,7 @@ class CatalogFiles:
             gpus_path: a GPU YAML file replacing the built-in one.
             interval_s: `refresh()` re-reads the files at most this often.
             clock: monotonic seconds (tests pass their own).
+            calibration_path: a fleet calibration file (`llmctl calibrate`); None: none.
 
         Raises:
             CatalogError: a custom file that cannot be read or parsed, naming the field.
@@ -177,7 +190,10 @@ class CatalogFiles:
             models = self._add("model", models_path, parse_models)
         if gpus_path is not None:
             gpus = self._add("gpu", gpus_path, parse_gpus)
-        self._catalog = Catalog(models=models, gpus=gpus)
+        calibrations: tuple[Calibration, ...] = ()
+        if calibration_path is not None:
+            calibrations = self._add("calibration", calibration_path, parse_calibrations)
+        self._catalog = Catalog(models=models, gpus=gpus, calibrations=calibrations)
 
     def _add(
         self, kind: CatalogKind, path: Path, parse: Callable[[str, str], tuple[Any, ...]]
@@ -218,6 +234,7 @@ class CatalogFiles:
                 self._catalog = Catalog(
                     models=entries.get("model", self._catalog.models),
                     gpus=entries.get("gpu", self._catalog.gpus),
+                    calibrations=entries.get("calibration", self._catalog.calibrations),
                 )
             return changes
         finally:

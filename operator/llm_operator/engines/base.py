@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 Accelerator = Literal["nvidia", "amd", "cpu"]
@@ -62,6 +62,24 @@ class Efficiency:
     layer_overhead_us: float = 0.0
     admission_ms: float = 0.0
     moe_half_width: float = 0.0
+
+    def calibrated(self, decode: float, prefill: float) -> Efficiency:
+        """These efficiencies with every decode-step cost `decode` times and every prefill
+        and request cost `prefill` times what they were (a fleet calibration,
+        `catalog.Calibration`): decode steps read memory and run host work, prefills
+        compute, so a step that mixes both keeps the physics of the two rooflines."""
+        return replace(
+            self,
+            bandwidth=self.bandwidth / decode,
+            step_overhead_ms=self.step_overhead_ms * decode,
+            allreduce_latency_us=self.allreduce_latency_us * decode,
+            sequence_overhead_us=self.sequence_overhead_us * decode,
+            stream_overhead_us=self.stream_overhead_us * decode,
+            layer_overhead_us=self.layer_overhead_us * decode,
+            compute=self.compute / prefill,
+            request_overhead_ms=self.request_overhead_ms * prefill,
+            admission_ms=self.admission_ms * prefill,
+        )
 
 
 @dataclass(frozen=True)
@@ -267,12 +285,19 @@ class Metrics:
         running_requests: requests being generated.
         waiting_requests: requests queued.
         kv_cache_usage: KV-cache usage 0..1, or None when the engine has no gauge.
+        ttft_seconds: mean time to first token over the window, already aggregated with
+            `$by` (the grouping), or None when the engine does not measure it.
+        tpot_seconds: mean time per output token of the requests finished in the window
+            (each request's decode time over its tokens after the first), aggregated with
+            `$by`, or None.
     """
 
     output_tokens_per_second: str
     running_requests: str
     waiting_requests: str
     kv_cache_usage: str | None
+    ttft_seconds: str | None = None
+    tpot_seconds: str | None = None
 
 
 @dataclass(frozen=True)

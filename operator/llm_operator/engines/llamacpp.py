@@ -179,6 +179,15 @@ ENGINE = LlamaCpp(
         running_requests="llamacpp:requests_processing{$selector}",
         waiting_requests="llamacpp:requests_deferred{$selector}",
         kv_cache_usage="llamacpp:kv_cache_usage_ratio{$selector}",
+        # NOTE: llama-server counts each slot's generation time and tokens
+        # (tokens_predicted_seconds_total, tokens_predicted_total, tools/server/server.cpp
+        # metrics), so their ratio is a stream's time per token; it counts no requests, so
+        # no mean time to first token can be formed.
+        ttft_seconds=None,
+        tpot_seconds=(
+            "sum $by (rate(llamacpp:tokens_predicted_seconds_total{$selector}[$window])) / "
+            "sum $by (rate(llamacpp:tokens_predicted_total{$selector}[$window]))"
+        ),
     ),
     # llama-server needs no root and writes only to the model cache and HOME.
     pod_security="restricted",

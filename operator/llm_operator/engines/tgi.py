@@ -188,6 +188,16 @@ ENGINE = Tgi(
         running_requests="tgi_batch_current_size{$selector}",
         waiting_requests="tgi_queue_size{$selector}",
         kv_cache_usage=None,
+        # NOTE: the router measures no time to first token (its per-request histograms are
+        # validation, queue and whole inference); tgi_request_mean_time_per_token_duration
+        # is each request's inference time over its generated tokens (router/src/server.rs),
+        # the prefill spread over the tokens: a little above vLLM's TPOT for short replies.
+        ttft_seconds=None,
+        tpot_seconds=(
+            "sum $by (rate(tgi_request_mean_time_per_token_duration_sum{$selector}[$window]))"
+            " / sum $by "
+            "(rate(tgi_request_mean_time_per_token_duration_count{$selector}[$window]))"
+        ),
     ),
     # NOTE: the image's Python lives under /root (uv's interpreter,
     # /root/.local/share/uv/python, Dockerfile at v3.3.6), which only root can read, and

@@ -249,6 +249,19 @@ ENGINE = Vllm(
         kv_cache_usage=(
             "vllm:kv_cache_usage_perc{$selector} or vllm:gpu_cache_usage_perc{$selector}"
         ),
+        # Histograms of vllm/v1/metrics/loggers.py at v0.12.0: time_to_first_token_seconds
+        # (arrival to first token) and request_time_per_output_token_seconds (per finished
+        # request: decode time / (generated tokens - 1), v1/metrics/stats.py), whose means
+        # are sum / count.
+        ttft_seconds=(
+            "sum $by (rate(vllm:time_to_first_token_seconds_sum{$selector}[$window])) / "
+            "sum $by (rate(vllm:time_to_first_token_seconds_count{$selector}[$window]))"
+        ),
+        tpot_seconds=(
+            "sum $by (rate(vllm:request_time_per_output_token_seconds_sum{$selector}[$window]))"
+            " / sum $by "
+            "(rate(vllm:request_time_per_output_token_seconds_count{$selector}[$window]))"
+        ),
     ),
     # The image installs vLLM system-wide (uv pip install --system, docker/Dockerfile), so
     # any UID can run it once HOME points at a writable volume.

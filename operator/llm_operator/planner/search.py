@@ -17,12 +17,22 @@ from llm_operator.api.v1alpha1 import (
     DEFAULT_DRAFT_ACCEPTANCE,
     Architecture,
     LLMDeploymentSpec,
+    LoadPoint,
+    PlanCalibration,
     PlanStatus,
 )
-from llm_operator.catalog import GIB, Catalog, GpuType, ModelEntry, UnknownNameError
+from llm_operator.catalog import (
+    GIB,
+    Calibration,
+    Catalog,
+    GpuType,
+    ModelEntry,
+    UnknownNameError,
+)
 from llm_operator.catalog.resolve import DraftHead
 from llm_operator.engines import Ask, Engine
 from llm_operator.planner import cost, memory, timing
+from llm_operator.planner.timing import Layout, Speculation, Timing
 
 # `quantization: auto` considers only formats that keep quality close to the checkpoint:
 # 16-bit, FP8 on GPUs with FP8 tensor cores, and GGUF q8_0 for llama.cpp. 4-bit formats
@@ -57,6 +67,10 @@ class Candidate:
     cost_per_million: float
     kv_allocated_bytes: int | None = None
     download_bytes: int | None = None
+    calibration: Calibration | None = None
+    layout: Layout | None = None
+    speculation: Speculation | None = None
+    load_curve: tuple[tuple[int, Timing], ...] = ()
 
     @property
     def kv_bytes(self) -> int:
@@ -100,6 +114,24 @@ class Candidate:
             output_tokens_per_second=round(self.timing.output_tokens_per_second, 1),
             cost_per_hour=round(self.cost_per_hour, 4),
             cost_per_million_output_tokens=round(self.cost_per_million, 4),
+            calibration=(
+                PlanCalibration(
+                    decode=round(self.calibration.decode, 4),
+                    prefill=round(self.calibration.prefill, 4),
+                )
+                if self.calibration is not None
+                else None
+            ),
+            load_curve=[
+                LoadPoint(
+                    concurrency=n,
+                    ttft_ms=round(t.ttft_ms, 1),
+                    tpot_ms=round(t.tpot_ms, 2),
+                    output_tokens_per_second=round(t.output_tokens_per_second, 1),
+                )
+                for n, t in self.load_curve
+            ]
+            or None,
         )
 
 
@@ -296,6 +328,7 @@ def evaluate(
     pipeline_parallel: int,
     req: Request,
     gpus_per_node: int | None = None,
+    calibration: Calibration | None = None,
 ) -> Candidate | Rejection:
     """Size one layout for a request, or say why it cannot serve it.
 
@@ -308,6 +341,7 @@ def evaluate(
         pipeline_parallel: PP degree.
         req: workload, context, SLOs and budget.
         gpus_per_node: overrides the catalog's GPUs per node.
+        calibration: the fleet calibration of this engine on this GPU type, if any.
 
     Returns:
         A Candidate with its predictions, or a Rejection with the reason.
@@ -408,7 +442,11 @@ def evaluate(
         tensor_parallel=tp,
         pipeline_parallel=pp,
         kv_bytes_per_token_per_gpu=fit.kv_bytes_per_token,
-        efficiency=engine.efficiency,
+        efficiency=(
+            engine.efficiency.calibrated(calibration.decode, calibration.prefill)
+            if calibration is not None
+            else engine.efficiency
+        ),
     )
     limit = min(req.concurrency or max_sequences, max_sequences)
     speculation = (
@@ -458,7 +496,41 @@ def evaluate(
         download_bytes=memory.weight_bytes(
             arch, engine.downloaded_format(quantization, ask.checkpoint)
         ),
+        calibration=calibration,
+        layout=layout,
+        speculation=speculation,
     )
+
+
+# Requests in flight at which a plan states its predictions (status.plan.loadCurve).
+CURVE_POINTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def with_load_curve(candidate: Candidate, req: Request) -> Candidate:
+    """The candidate with its predictions at 1, 2, 4, ... requests in flight up to its
+    slots (beyond them requests only queue), for comparing with what the engines measure
+    (status.plan.loadCurve). Only the chosen candidate needs them."""
+    layout = candidate.layout
+    if layout is None:
+        return candidate
+    slots = max(1, candidate.max_sequences)
+    points = [n for n in CURVE_POINTS if n < slots] + [slots]
+    curve = tuple(
+        (
+            n,
+            timing.predict(
+                layout,
+                req.input_tokens,
+                req.output_tokens,
+                n,
+                candidate.batched_tokens,
+                prefix_hit=req.prefix_hit,
+                speculation=candidate.speculation,
+            ),
+        )
+        for n in points
+    )
+    return replace(candidate, load_curve=curve)
 
 
 def resolve_architecture(
@@ -595,11 +667,7 @@ def plan(
     Raises:
         PlanInputError: when the spec names an unknown model or GPU type.
     """
-    arch = resolve_architecture(spec, catalog, resolved)
-    entry = model_entry(spec, catalog, resolved)
-    req = Request.from_spec(spec, arch, gguf_repo=entry is not None and entry.gguf is not None)
-    if draft is not None:
-        req = replace(req, draft_params=draft.params)
+    arch, req = _request(spec, catalog, resolved, draft)
     gpus = _gpu_types(spec, catalog, available_gpus)
     combos = _engine_quantizations(spec, arch, req.ask)
     if not gpus:
@@ -616,7 +684,10 @@ def plan(
                 continue  # only a GPU type the spec names is worth a rejection line
             best_reject: Rejection | None = None
             for tp, pp in _layouts(arch, per_node if not gpu.is_cpu else 1, engine):
-                out = evaluate(arch, gpu, engine, quant, tp, pp, req, per_node)
+                out = evaluate(
+                    arch, gpu, engine, quant, tp, pp, req, per_node,
+                    catalog.calibration(engine.name, gpu),
+                )  # fmt: skip
                 if isinstance(out, Candidate):
                     feasible.append(out)
                 elif best_reject is None or out.shortfall < best_reject.shortfall:
@@ -653,6 +724,7 @@ def plan(
         and c.cost_per_million <= best.cost_per_million * (1 + COST_TIE)
     ]
     chosen = min(ties, key=lambda c: (c.gpus, c.cost_per_million, order[c.engine.name]))
+    chosen = with_load_curve(chosen, req)
     replicas, limited = replicas_for(spec, chosen)
     return PlanResult(
         chosen=chosen,
@@ -661,6 +733,79 @@ def plan(
         replicas=replicas,
         replicas_limited=limited,
     )
+
+
+def _request(
+    spec: LLMDeploymentSpec,
+    catalog: Catalog,
+    resolved: Architecture | None,
+    draft: DraftHead | None,
+) -> tuple[Architecture, Request]:
+    arch = resolve_architecture(spec, catalog, resolved)
+    entry = model_entry(spec, catalog, resolved)
+    req = Request.from_spec(spec, arch, gguf_repo=entry is not None and entry.gguf is not None)
+    if draft is not None:
+        req = replace(req, draft_params=draft.params)
+    return arch, req
+
+
+# NOTE: a running deployment moves to another layout after a new fleet calibration only
+# when that saves at least this share of its cost per token: the calibration is itself a
+# measurement with an error, and a move restarts every replica.
+REPLAN_GAIN = 0.10
+
+
+def replan(
+    spec: LLMDeploymentSpec,
+    catalog: Catalog,
+    current: PlanStatus,
+    available_gpus: Mapping[str, int] | None = None,
+    *,
+    resolved: Architecture | None = None,
+    draft: DraftHead | None = None,
+) -> PlanResult:
+    """Plan a running deployment again after something outside its spec changed (a fleet
+    calibration), with hysteresis: the current layout stays, with fresh predictions,
+    unless the best layout now costs at least `REPLAN_GAIN` less per token or the current
+    one no longer serves the spec (an SLO it now misses, a budget it now exceeds).
+
+    Args:
+        spec: the LLMDeployment spec (unchanged since `current` was planned).
+        catalog: models, GPU types and the calibrations now in use.
+        current: the plan the workload runs.
+        available_gpus, resolved, draft: as for `plan`.
+
+    Returns:
+        The plan to run: the current layout re-predicted, or the better one.
+    """
+    fresh = plan(spec, catalog, available_gpus, resolved=resolved, draft=draft)
+    best = fresh.chosen
+    if best is None or (
+        best.gpu.name, best.engine.name, best.quantization, best.tensor_parallel,
+        best.pipeline_parallel,
+    ) == (
+        current.gpu, current.engine, current.quantization, current.tensor_parallel,
+        current.pipeline_parallel,
+    ):  # fmt: skip
+        return fresh
+    arch, req = _request(spec, catalog, resolved, draft)
+    try:
+        gpu = catalog.gpu(current.gpu)
+        engine = registry.get(current.engine)
+    except (UnknownNameError, KeyError):
+        return fresh  # the current layout's GPU or engine is gone from the catalog
+    kept = evaluate(
+        arch, gpu, engine, current.quantization, current.tensor_parallel,
+        current.pipeline_parallel, req, _gpus_per_node(spec, gpu, available_gpus),
+        catalog.calibration(engine.name, gpu),
+    )  # fmt: skip
+    if not isinstance(kept, Candidate):
+        return fresh
+    if best.cost_per_million <= kept.cost_per_million * (1 - REPLAN_GAIN):
+        return fresh
+    kept = with_load_curve(kept, req)
+    replicas, limited = replicas_for(spec, kept)
+    return replace(fresh, chosen=kept, replicas=replicas, replicas_limited=limited)
 
 
 def model_entry(

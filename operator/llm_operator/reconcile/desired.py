@@ -27,7 +27,14 @@ from llm_operator.api.v1alpha1 import (
 from llm_operator.catalog import Catalog, GpuType, ModelEntry, UnknownNameError
 from llm_operator.catalog.resolve import DraftHead
 from llm_operator.errors import InvalidSpecError
-from llm_operator.planner.search import PlanInputError, PlanResult, model_entry, plan
+from llm_operator.planner.search import (
+    REPLAN_GAIN,
+    PlanInputError,
+    PlanResult,
+    model_entry,
+    plan,
+    replan,
+)
 from llm_operator.render import RenderError, render_objects
 from llm_operator.render.render import startup_failure_threshold
 
@@ -179,6 +186,46 @@ def planned_for(status: LLMDeploymentStatus, generation: Any) -> bool:
     )
 
 
+def recalibrated(plan_status: PlanStatus, catalog: Catalog) -> bool:
+    """Whether the fleet calibration for the plan's engine on its GPU type differs from the
+    one its predictions include (`llmctl calibrate` wrote a new one)."""
+    try:
+        gpu = catalog.gpu(plan_status.gpu)
+    except UnknownNameError:
+        return False
+    now = catalog.calibration(plan_status.engine, gpu)
+    then = plan_status.calibration
+    if now is None or then is None:
+        return (now is None) != (then is None)
+    return (round(now.decode, 4), round(now.prefill, 4)) != (then.decode, then.prefill)
+
+
+def _recalibrated_message(new: PlanStatus, old: PlanStatus | None) -> str:
+    """`predictions now include the fleet calibration (decode x1.50, prefill x1.20): ...`"""
+    cal = new.calibration
+    which = (
+        f"the fleet calibration (decode x{cal.decode:.2f}, prefill x{cal.prefill:.2f})"
+        if cal is not None
+        else "no fleet calibration"
+    )
+    was = (
+        f" (was TTFT {old.ttft_ms:.0f} ms, TPOT {old.tpot_ms:.1f} ms, "
+        f"{old.output_tokens_per_second:.0f} tokens/s)"
+        if old is not None
+        else ""
+    )
+    return (
+        f"predictions now include {which}: TTFT {new.ttft_ms:.0f} ms, TPOT "
+        f"{new.tpot_ms:.1f} ms, {new.output_tokens_per_second:.0f} tokens/s per replica{was}; "
+        f"the layout stays ({new.gpu} x{new.gpus_per_replica} {new.engine} "
+        f"{new.quantization}): no other saves {REPLAN_GAIN:.0%} per token"
+    )
+
+
+def _layout(p: PlanStatus) -> tuple[Any, ...]:
+    return (p.gpu, p.engine, p.quantization, p.tensor_parallel, p.pipeline_parallel)
+
+
 def _choose_plan(
     llmd: LLMDeployment,
     catalog: Catalog,
@@ -190,7 +237,24 @@ def _choose_plan(
     status = llmd.status
     generation = llmd.metadata.get("generation")
     if status is not None and status.plan is not None and planned_for(status, generation):
-        return status.plan, None, "unchanged"
+        if not recalibrated(status.plan, catalog):
+            return status.plan, None, "unchanged"
+        try:
+            result = replan(
+                llmd.spec, catalog, status.plan, available_gpus, resolved=resolved, draft=draft
+            )
+        except PlanInputError as err:
+            raise InvalidSpecError(*_split_field(str(err))) from err
+        if result.chosen is None:
+            # NOTE: what no longer fits under the new calibration keeps running as it is;
+            # the spec did not change, and a plan is only replaced by a better one.
+            return status.plan, None, "unchanged"
+        kept = result.chosen.to_status()
+        if _layout(kept) == _layout(status.plan):
+            # NOTE: the same layout with new predictions: the replica count stays where
+            # the autoscaler put it (no result, as for an unchanged plan).
+            return kept, None, "recalibrated"
+        return kept, result, "fleet calibration changed"
     try:
         result = plan(llmd.spec, catalog, available_gpus, resolved=resolved, draft=draft)
     except PlanInputError as err:
@@ -310,11 +374,12 @@ def desired_state(
         f"PP{chosen.pipeline_parallel}) {chosen.engine} {chosen.quantization}, "
         f"max-model-len {chosen.max_model_len}, ${chosen.cost_per_hour:.2f}/h per replica"
     )
-    if why != "unchanged":
-        if why == "new":
-            events.append(Event("Normal", "Planned", summary))
-        else:
-            events.append(Event("Normal", "Replanned", f"spec changed: {summary}"))
+    if why == "new":
+        events.append(Event("Normal", "Planned", summary))
+    elif why == "recalibrated":
+        events.append(Event("Normal", "Recalibrated", _recalibrated_message(chosen, old.plan)))
+    elif why != "unchanged":
+        events.append(Event("Normal", "Replanned", f"{why}: {summary}"))
     limited = _replicas_limited(llmd, result, old)
     if limited is not None:
         summary = f"{summary}; {limited}"
