@@ -83,11 +83,15 @@ def set_load(
     name: str,
     output_tokens_per_second: float,
     per_replica_capacity: float | None = None,
+    latency_factor: float | None = None,
 ) -> dict[str, Any]:
-    """Offer ``output_tokens_per_second`` to LLMDeployment ``namespace/name`` in the simulator."""
+    """Offer ``output_tokens_per_second`` to LLMDeployment ``namespace/name`` in the simulator
+    (whose engines take ``latency_factor`` x the planner's latencies)."""
     body: dict[str, Any] = {"outputTokensPerSecond": output_tokens_per_second}
     if per_replica_capacity is not None:
         body["perReplicaCapacity"] = per_replica_capacity
+    if latency_factor is not None:
+        body["latencyFactor"] = latency_factor
     result: dict[str, Any] = _http("PUT", f"{sim_url}/load/{namespace}/{name}", body)
     return result
 

@@ -271,15 +271,22 @@ prometheus_up() { # [kubeconfig of the local cluster: add its Kubernetes service
 }
 
 sim_up() { # kubeconfig
+  local code
+  code="$(sha256sum "$REPO/e2e/sim/engine_sim.py" | cut -c1-16)"
   if pid_alive engine-sim "engine_sim.py"; then
-    log "engine simulator already running on 127.0.0.1:$SIM_PORT"
-    return 0
+    if [[ "$(cat "$STATE/engine-sim.code" 2>/dev/null)" == "$code" ]]; then
+      log "engine simulator already running on 127.0.0.1:$SIM_PORT"
+      return 0
+    fi
+    log "engine simulator code changed: restarting it"
+    stop_bg engine-sim "engine_sim.py"
   fi
   [[ -x "$PYTHON" ]] || die "$PYTHON is missing (run make venv)"
   port_busy "$SIM_PORT" && die "127.0.0.1:$SIM_PORT is taken; set E2E_SIM_PORT"
   start_bg engine-sim "$PYTHON" "$REPO/e2e/sim/engine_sim.py" \
     --kubeconfig "$1" --host 127.0.0.1 --port "$SIM_PORT"
   wait_for "engine simulator" 30 http_ok "http://127.0.0.1:$SIM_PORT/healthz"
+  printf '%s\n' "$code" >"$STATE/engine-sim.code"
   log "engine simulator on http://127.0.0.1:$SIM_PORT"
 }
 

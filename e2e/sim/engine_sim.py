@@ -41,10 +41,11 @@ tokens/s = min(load, Ready pods x capacity), spread evenly over the Ready pods; 
 shows up as waiting (queued) requests.
 
 Latencies: each finished request measured what the plan predicts at its pod's load
-(``status.plan.loadCurve`` at the requests the pod runs) times ``latencyFactor`` (1 by
-default), exported as vLLM's TTFT and per-request TPOT histograms, TGI's mean time per
-token and llama.cpp's generation seconds: a test sets how far the engines are from the
-planner and checks that the operator measures it and `llmctl calibrate` fits it.
+(``status.plan.loadCurve`` at the requests the pod runs, with the plan's fleet calibration
+divided out) times ``latencyFactor`` (1 by default), exported as vLLM's TTFT and
+per-request TPOT histograms, TGI's mean time per token and llama.cpp's generation seconds:
+a test sets how far the engines are from the planner and checks that the operator measures
+it and `llmctl calibrate` fits it.
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ class Simulator:
         self.pods: dict[str, PodState] = {}  # by pod uid
         self.plan_capacity: dict[tuple[str, str], float] = {}
         self.plan_curve: dict[tuple[str, str], list[LoadPoint]] = {}
+        self.plan_calibration: dict[tuple[str, str], tuple[float, float]] = {}
         self.groups: dict[tuple[str, str], GroupState] = {}
 
     # -- cluster view -------------------------------------------------------------------
@@ -169,6 +171,7 @@ class Simulator:
         fake = {n.metadata.name for n in core.list_node(label_selector=KWOK_NODE_LABEL).items}
         plan_capacity: dict[tuple[str, str], float] = {}
         plan_curve: dict[tuple[str, str], list[LoadPoint]] = {}
+        plan_calibration: dict[tuple[str, str], tuple[float, float]] = {}
         try:
             llmds = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
         except ApiException as exc:  # CRD not installed yet
@@ -184,6 +187,11 @@ class Simulator:
                 plan_capacity[key] = float(tps)
             if plan.get("loadCurve"):
                 plan_curve[key] = [LoadPoint.model_validate(p) for p in plan["loadCurve"]]
+            calibration = plan.get("calibration") or {}
+            plan_calibration[key] = (
+                float(calibration.get("prefill", 1.0)),
+                float(calibration.get("decode", 1.0)),
+            )
         seen: dict[str, tuple[Any, bool]] = {}
         for pod in pods:
             if pod.status is None or pod.status.phase != "Running":
@@ -199,6 +207,7 @@ class Simulator:
         with self.lock:
             self.plan_capacity = plan_capacity
             self.plan_curve = plan_curve
+            self.plan_calibration = plan_calibration
             for uid in list(self.pods):
                 if uid not in seen:
                     del self.pods[uid]
@@ -252,6 +261,10 @@ class Simulator:
                 share = served / len(ready) if ready else 0.0
                 factor = load.latency_factor or 1.0
                 curve = self.plan_curve.get(key)
+                # The engine's speed is the planner's own times latencyFactor: a fleet
+                # calibration the plan includes is divided out (it changes the prediction,
+                # not the engine).
+                prefill_cal, decode_cal = self.plan_calibration.get(key, (1.0, 1.0))
                 for pod in pods:
                     pod.served_tps = share if pod.ready else 0.0
                     pod.running = pod.served_tps / self.stream_tps
@@ -267,11 +280,13 @@ class Simulator:
                     pod.generation_tokens += gen
                     pod.prompt_tokens += gen * ratio
                     pod.requests_finished += finished
-                    pod.ttft_seconds += finished * ttft * factor
-                    pod.tpot_seconds += finished * tpot * factor
+                    ttft *= factor / prefill_cal
+                    tpot *= factor / decode_cal
+                    pod.ttft_seconds += finished * ttft
+                    pod.tpot_seconds += finished * tpot
                     if gen > 0:
                         # llama-server adds each slot's generation time: tokens x TPOT.
-                        pod.generation_seconds += gen * tpot * factor
+                        pod.generation_seconds += gen * tpot
                         pod.prompt_seconds += dt * 0.05
                 groups[key] = GroupState(
                     ready=len(ready),

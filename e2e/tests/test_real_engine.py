@@ -295,12 +295,27 @@ def test_prometheus_discovers_the_pod_and_real_tokens_scale_it_up(
         status = eventually(scaled_up, timeout=150, interval=1, description="scale-up to 2")
         rate = scalar(prometheus, f"sum(rate(llamacpp:tokens_predicted_total{{{selector}}}[1m]))")
         client_rate = load.tokens_per_second()
+
+        def measured() -> dict[str, Any]:
+            load.check()
+            perf = (served.get().get("status") or {}).get("performance") or {}
+            assert perf.get("tpotMs"), perf
+            return dict(perf)
+
+        # The real llama-server's own generation seconds and tokens, through the
+        # operator's TPOT query, next to the plan's prediction at the measured load.
+        perf = eventually(measured, timeout=60, interval=1, description="status.performance")
     finally:
         load.stop()
     print(
         f"scale-up: {status['lastScalingReason']}; Prometheus {rate} tokens/s, "
-        f"clients {client_rate:.1f} tokens/s"
+        f"clients {client_rate:.1f} tokens/s; performance {perf}"
     )
+    # A stream's token interval as the clients saw it (LOAD_STREAMS streams share the
+    # rate); llama-server's own per-slot count must agree within the windows' smoothing.
+    client_tpot_ms = 1000.0 * LOAD_STREAMS / client_rate
+    assert 0.3 * client_tpot_ms < perf["tpotMs"]["observed"] < 3 * client_tpot_ms, perf
+    assert "ttftMs" not in perf  # llama-server counts no requests: no mean TTFT
     reason = status["lastScalingReason"]
     # ScaleUp, or MaxReplicas when the demand asks for more than maxReplicas.
     assert reason.split(":")[0] in ("ScaleUp", "MaxReplicas") and "1 -> 2 replicas" in reason
