@@ -133,3 +133,5 @@ def test_churn_with_operator_killed_keeps_every_invariant(
     tried = sum(result.ops.values()) + sum(result.failed.values())
     assert tried >= 0.9 * CHURN_S * OPS_PER_SECOND, (result.ops, result.failed)
     assert all(result.ops.get(kind) for kind in ("create", "update", "delete")), result.ops
+    # A deleted object leaves no per-object series in the operator's /metrics.
+    assert result.stale_metric_series == 0, report

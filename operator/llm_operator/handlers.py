@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import kopf
-from prometheus_client import start_http_server
+from prometheus_client import Gauge, start_http_server
 
 from llm_operator.api import conditions as cond
 from llm_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION, Condition
@@ -344,6 +344,26 @@ def _report(body: kopf.Body, outcome: Outcome) -> None:
     REPLICAS.labels(*labels, "ready").set(status.ready_replicas or 0)
 
 
+def _forget(meta: Mapping[str, Any]) -> None:
+    uid = str(meta.get("uid", ""))
+    labels = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+    # NOTE: under the object's lock, so that a pass still running for it cannot set a
+    # series again after it is removed.
+    with _locked(uid):
+        series: list[tuple[Gauge, tuple[str, ...]]] = [
+            (PLANNED_COST, labels),
+            (OBSERVED_TOKENS, labels),
+        ]
+        series += [(REPLICAS, (*labels, state)) for state in ("desired", "ready")]
+        series += [(PREDICTION_ERROR, (*labels, m)) for m in ("ttft", "tpot", "tokens_per_second")]
+        for gauge, values in series:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*values)
+        _persisted.pop(uid, None)
+    with _locks_guard:
+        _locks.pop(uid, None)
+
+
 def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: Any, view: IndexedView) -> None:
     """One reconcile pass under the object's lock, from a fresh read."""
     refresh_catalog(memo)
@@ -628,6 +648,15 @@ def child_changed(
 ) -> None:
     """A child of an LLMDeployment changed: reconcile the LLMDeployment."""
     _child_changed(type, body, memo, logger, IndexedView(kwargs))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, id="forget")
+def forget(type: str | None, body: kopf.Body, **_: Any) -> None:
+    """An LLMDeployment is gone: drop its metric series and what this process kept for it
+    (a platform that churns through thousands of objects would otherwise keep a series
+    and a lock per object it ever saw)."""
+    if type == "DELETED":
+        _forget(body["metadata"])
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", timeout=600, retries=None, backoff=5)
