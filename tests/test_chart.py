@@ -29,7 +29,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from charts import render_manifests as rm
 from llm_operator import metrics as operator_metrics
-from llm_operator.catalog import parse_catalog
+from llm_operator.catalog import parse_calibrations, parse_catalog
 from tests.conftest import ROOT
 
 K8S_VERSION = "1.34"
@@ -139,6 +139,14 @@ CASES: dict[str, dict[str, Any]] = {
         }
     },
     "existing-gpu-catalog": {"gpuCatalog": {"existingConfigMap": "my-gpu-prices"}},
+    "calibration": {"calibration": {"content": "calibrations: []\n"}},
+    "self-calibration": {
+        "prometheus": {"url": "http://prometheus-operated.monitoring:9090"},
+        "calibration": {
+            "existingConfigMap": "fleet-calibration",
+            "selfCalibrate": {"enabled": True, "interval": 1800, "window": "2h"},
+        },
+    },
     "everything": {
         "image": {"digest": "sha256:" + "0" * 64, "pullPolicy": "Always"},
         "imagePullSecrets": ["registry-credentials"],
@@ -497,6 +505,46 @@ def test_gpu_catalog_is_mounted_where_the_operator_reads_it(helm: str, values_di
     (volume,) = [v for v in pod["volumes"] if v["name"] == "gpu-catalog"]
     assert volume["configMap"]["name"] == "my-gpu-prices"
     assert "LLM_OPERATOR_GPU_CATALOG" not in env_of(render(helm, values_dir, "defaults"))
+
+
+def test_calibration_is_mounted_where_the_operator_reads_it(helm: str, values_dir: Path) -> None:
+    objects = render(helm, values_dir, "calibration")
+    configmap = next(c for c in of_kind(objects, "ConfigMap") if "calibration.yaml" in c["data"])
+    assert parse_calibrations(configmap["data"]["calibration.yaml"]) == ()
+    env = env_of(objects)
+    path = Path(env["LLM_OPERATOR_CALIBRATION"])
+    (mount,) = [m for m in container(objects)["volumeMounts"] if m["name"] == "calibration"]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "calibration"]
+    assert path.parent == Path(mount["mountPath"])
+    assert volume["configMap"]["items"] == [{"key": "calibration.yaml", "path": path.name}]
+    assert env["LLM_OPERATOR_CALIBRATION_CONFIGMAP"].endswith("/" + volume["configMap"]["name"])
+    assert "LLM_OPERATOR_SELF_CALIBRATE_INTERVAL" not in env
+    roles = of_kind(objects, "Role")
+    assert not [r for r in roles if r["metadata"]["name"].endswith("calibration")]
+
+
+def test_self_calibration_may_write_its_configmap_and_nothing_else(
+    helm: str, values_dir: Path
+) -> None:
+    objects = render(helm, values_dir, "self-calibration")
+    env = env_of(objects)
+    assert env["LLM_OPERATOR_SELF_CALIBRATE_INTERVAL"] == "1800"
+    assert env["LLM_OPERATOR_SELF_CALIBRATE_WINDOW"] == "2h"
+    assert env["LLM_OPERATOR_CALIBRATION_CONFIGMAP"].endswith("/fleet-calibration")
+    (role,) = [r for r in of_kind(objects, "Role") if r["metadata"]["name"].endswith("calibration")]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["fleet-calibration"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    bindings = of_kind(objects, "RoleBinding")
+    (binding,) = [b for b in bindings if b["roleRef"]["name"] == role["metadata"]["name"]]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert [s["name"] for s in binding["subjects"]] == [pod["serviceAccountName"]]
 
 
 def test_everything_reaches_the_pod(helm: str, values_dir: Path) -> None:

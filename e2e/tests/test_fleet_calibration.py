@@ -24,7 +24,7 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import GROUP, PLURAL, VERSION, Cluster, clear_load, eventually, llmd_body, set_load
-from operator_proc import OperatorProcess
+from operator_proc import OperatorProcess, apply_all, chart_objects, install_identity
 
 FACTOR = 1.5  # the simulated engines take 1.5x the planner's times
 H100 = "H100-SXM-80GB"
@@ -55,6 +55,41 @@ def events(core: client.CoreV1Api, namespace: str, name: str, reason: str) -> li
     return list(core.list_namespaced_event(namespace, field_selector=selector).items)
 
 
+def create_serving(
+    custom: client.CustomObjectsApi, namespace: str, name: str
+) -> Callable[[], dict[str, Any]]:
+    """Create a one-replica LLMDeployment, wait until it serves with a load curve; return
+    a function that reads it."""
+    body = llmd_body(name, scaling={"minReplicas": 1, "maxReplicas": 1})
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def get() -> dict[str, Any]:
+        obj: dict[str, Any] = custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name
+        )
+        return obj
+
+    def serving() -> bool:
+        status = get().get("status") or {}
+        assert status.get("readyReplicas") == 1, status
+        assert status["plan"].get("loadCurve"), status["plan"]
+        return True
+
+    eventually(serving, timeout=90, interval=1, description=f"{name} serving")
+    return get
+
+
+def operator_env(cluster: Cluster, calibration: Path) -> dict[str, str]:
+    return {
+        "LLM_OPERATOR_PROMETHEUS_URL": cluster.prometheus_url,
+        "LLM_OPERATOR_AUTOSCALE_INTERVAL": "2",
+        "LLM_OPERATOR_QUERY_TIMEOUT": "2",
+        "LLM_OPERATOR_RECONCILE_INTERVAL": "10",
+        "LLM_OPERATOR_CATALOG_CHECK_INTERVAL": "1",
+        "LLM_OPERATOR_CALIBRATION": str(calibration),
+    }
+
+
 def test_slow_engines_are_reported_fitted_and_planned_with(
     own_operator: Callable[..., OperatorProcess],
     cluster: Cluster,
@@ -65,33 +100,10 @@ def test_slow_engines_are_reported_fitted_and_planned_with(
 ) -> None:
     calibration = tmp_path / "calibration.yaml"
     calibration.write_text("calibrations: []\n")
-    op = own_operator(
-        {
-            "LLM_OPERATOR_PROMETHEUS_URL": cluster.prometheus_url,
-            "LLM_OPERATOR_AUTOSCALE_INTERVAL": "2",
-            "LLM_OPERATOR_QUERY_TIMEOUT": "2",
-            "LLM_OPERATOR_RECONCILE_INTERVAL": "10",
-            "LLM_OPERATOR_CATALOG_CHECK_INTERVAL": "1",
-            "LLM_OPERATOR_CALIBRATION": str(calibration),
-        }
-    )
+    op = own_operator(operator_env(cluster, calibration))
     name = "fleet"
-    body = llmd_body(name, scaling={"minReplicas": 1, "maxReplicas": 1})
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-
-    def get() -> dict[str, Any]:
-        obj: dict[str, Any] = custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name
-        )
-        return obj
-
-    def serving() -> dict[str, Any]:
-        status = get().get("status") or {}
-        assert status.get("readyReplicas") == 1, status
-        assert status["plan"].get("loadCurve"), status["plan"]
-        return dict(status["plan"])
-
-    plan = eventually(serving, timeout=90, interval=1, description=f"{name} serving")
+    get = create_serving(custom, namespace, name)
+    plan = get()["status"]["plan"]
     assert plan["gpu"] == H100 and "calibration" not in plan
     pods_before = {
         p.metadata.name
@@ -174,3 +186,86 @@ def test_slow_engines_are_reported_fitted_and_planned_with(
         assert pods_after == pods_before  # new predictions roll nothing
     finally:
         clear_load(cluster.sim_url, namespace, name)
+
+
+def test_the_operator_calibrates_itself_and_keeps_it_in_its_configmap(
+    own_operator: Callable[..., OperatorProcess],
+    cluster: Cluster,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """The opt-in mode: the operator fits the calibration itself and writes it into its
+    ConfigMap with exactly the RBAC the chart renders for it (applied to the apiserver)."""
+    install_ns, _ = install_identity(cluster.api)
+    configmap = f"fleet-{namespace}"  # in the operator's namespace, as the chart mounts it
+    chart = chart_objects(
+        "--set", f"calibration.existingConfigMap={configmap}",
+        "--set", "calibration.selfCalibrate.enabled=true",
+    )  # fmt: skip
+    rbac = [
+        o
+        for o in chart
+        if o["kind"] in ("Role", "RoleBinding") and o["metadata"]["name"].endswith("-calibration")
+    ]
+    assert len(rbac) == 2 and all(o["metadata"]["namespace"] == install_ns for o in rbac)
+    apply_all(cluster.api, rbac)
+    core.create_namespaced_config_map(
+        install_ns,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=configmap),
+            data={"calibration.yaml": "calibrations: []\n"},
+        ),
+    )
+    calibration = tmp_path / "calibration.yaml"
+    calibration.write_text("calibrations: []\n")
+    name = "self"
+    try:
+        own_operator(
+            {
+                **operator_env(cluster, calibration),
+                "LLM_OPERATOR_CALIBRATION_CONFIGMAP": f"{install_ns}/{configmap}",
+                "LLM_OPERATOR_SELF_CALIBRATE_INTERVAL": "5",
+                "LLM_OPERATOR_SELF_CALIBRATE_WINDOW": "1m",
+            }
+        )
+        get = create_serving(custom, namespace, name)
+        plan = get()["status"]["plan"]
+        set_load(
+            cluster.sim_url, namespace, name, 0.5 * plan["outputTokensPerSecond"],
+            latency_factor=2.0,
+        )  # fmt: skip
+
+        def written() -> dict[str, Any]:
+            data = core.read_namespaced_config_map(configmap, install_ns).data or {}
+            entries = yaml.safe_load(data.get("calibration.yaml", "")) or {}
+            (entry,) = entries.get("calibrations") or [None]
+            assert entry is not None and entry["decode"] == pytest.approx(2.0, abs=0.1), entry
+            return dict(entry)
+
+        entry = eventually(written, timeout=120, interval=2, description="ConfigMap written")
+        assert (entry["engine"], entry["gpu"]) == ("vllm", H100)
+
+        def replanned() -> dict[str, Any]:
+            status = get().get("status") or {}
+            assert status["plan"].get("calibration", {}).get("decode") == entry["decode"]
+            perf = status.get("performance") or {}
+            assert perf.get("tpotMs") and abs(perf["tpotMs"]["error"]) < 0.1, perf
+            return dict(status)
+
+        eventually(replanned, timeout=90, interval=2, description="re-predicted")
+        assert events(core, namespace, name, "Recalibrated")
+        fitted = events(core, install_ns, configmap, "CalibrationFitted")
+        assert fitted and f"vllm on {H100}" in fitted[0].message, fitted
+    finally:
+        clear_load(cluster.sim_url, namespace, name)
+        core.delete_namespaced_config_map(configmap, install_ns)
+        rbac_api = client.RbacAuthorizationV1Api(cluster.api)
+        for obj in rbac:
+            delete = (
+                rbac_api.delete_namespaced_role
+                if obj["kind"] == "Role"
+                else rbac_api.delete_namespaced_role_binding
+            )
+            delete(obj["metadata"]["name"], install_ns)

@@ -39,9 +39,8 @@ from llm_operator.api.v1alpha1 import (
     VERSION,
     LLMDeployment,
     LLMDeploymentSpec,
-    LLMDeploymentStatus,
 )
-from llm_operator.autoscaler import fidelity, metrics
+from llm_operator.autoscaler import fleet, metrics
 from llm_operator.catalog import (
     GIB,
     Catalog,
@@ -602,63 +601,27 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             found = api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
     except (ConfigException, ApiException, OSError, urllib3.exceptions.HTTPError) as err:
         raise UsageError(f"--kubeconfig: cannot list LLMDeployments ({err})") from err
-    deployments: dict[str, list[tuple[tuple[str, str], LLMDeploymentStatus]]] = {}
     items: list[dict[str, Any]] = found.get("items", []) if isinstance(found, dict) else []
-    for item in items:
-        meta = item.get("metadata", {})
-        try:
-            status = LLMDeploymentStatus.model_validate(item.get("status") or {})
-        except ValidationError:
-            continue  # another version's status: nothing to compare
-        if status.plan is None or not status.plan.load_curve or not status.ready_replicas:
-            continue
-        key = (meta.get("namespace", ""), meta.get("name", ""))
-        deployments.setdefault(status.plan.engine, []).append((key, status))
     prometheus = metrics.make_client(args.prometheus, args.timeout)
-    samples: list[fidelity.FleetSample] = []
-    for engine, members in sorted(deployments.items()):
-        try:
-            observed = metrics.observe_fleet(
-                prometheus, engine, timeout_s=args.timeout, window=args.window
-            )
-        except metrics.MetricsError as err:
-            raise UsageError(f"--prometheus: {err}") from err
-        for key, status in members:
-            assert status.plan is not None
-            obs = observed.get(key)
-            perf = fidelity.compare(status.plan, obs, status.ready_replicas or 0) if obs else None
-            if perf is None:
-                print(f"{key[0]}/{key[1]}: nothing measured in {args.window}", file=sys.stderr)
-                continue
-            samples.append(fidelity.FleetSample(engine, status.plan.gpu, status.plan, perf))
-    previous = [
-        c.model_copy(update={"gpu": _canonical_gpu(catalog, c.gpu)}) for c in catalog.calibrations
-    ]
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    fitted, lines = fidelity.fit(samples, previous, stamp)
-    for line in lines or ["no deployment measured anything: nothing fitted"]:
+    try:
+        fit = fleet.calibrate(
+            prometheus, items, catalog, window=args.window, timeout_s=args.timeout, fitted=stamp
+        )
+    except metrics.MetricsError as err:
+        raise UsageError(f"--prometheus: {err}") from err
+    for line in fit.lines or ["no deployment measured anything: nothing fitted"]:
         print(line, file=sys.stderr)
-    text = yaml.safe_dump(
-        {"calibrations": [c.model_dump(by_alias=True, exclude_none=True) for c in fitted]},
-        sort_keys=False,
-    )
-    header = (
+    text = fit.to_yaml(
         f"# Fleet calibration: `llmctl calibrate --prometheus {args.prometheus} --window "
-        f"{args.window}` at {stamp}\n# from {len(samples)} deployments; load it with "
+        f"{args.window}` at {stamp}\n# from {fit.samples} deployments; load it with "
         "`llmctl --calibration FILE` or the operator's calibration ConfigMap.\n"
     )
     if args.output_file:
-        Path(args.output_file).write_text(header + text)
+        Path(args.output_file).write_text(text)
     else:
-        print(header + text, end="")
-    return 0 if samples else 1
-
-
-def _canonical_gpu(catalog: Catalog, name: str) -> str:
-    try:
-        return catalog.gpu(name).name
-    except UnknownNameError:
-        return name
+        print(text, end="")
+    return 0 if fit.samples else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
@@ -29,7 +30,7 @@ from prometheus_client import Gauge, start_http_server
 
 from llm_operator.api import conditions as cond
 from llm_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION, Condition
-from llm_operator.autoscaler import fidelity, loop, metrics
+from llm_operator.autoscaler import fidelity, fleet, loop, metrics
 from llm_operator.catalog import Catalog, CatalogError
 from llm_operator.catalog.reload import CatalogFiles, Change
 from llm_operator.errors import GoneError, InvalidSpecError, TransientError
@@ -266,6 +267,75 @@ def refresh_catalog(memo: kopf.Memo) -> None:
     catalogs: CatalogFiles = memo.catalogs
     for change in catalogs.refresh():
         _report_catalog(change)
+
+
+_self_calibration = threading.Lock()
+_next_self_calibration = [0.0]  # monotonic seconds
+
+
+def self_calibrate(memo: kopf.Memo) -> None:
+    """The opt-in self-calibration (LLM_OPERATOR_SELF_CALIBRATE_INTERVAL > 0): at most once
+    per interval, from whichever autoscale tick comes first (only the active operator of
+    an HA pair ticks), fit the fleet calibration as `llmctl calibrate` would and, when it
+    moved materially (`fleet.MATERIAL_CHANGE`), use it at once and write it to the
+    calibration ConfigMap, so that a restart and `llmctl` see it too. Every deployment on
+    a recalibrated engine and GPU type is re-predicted on its next pass, and moves only
+    for a 10% gain (`search.replan`)."""
+    if SETTINGS.self_calibrate_interval_s <= 0 or memo.prometheus is None:
+        return
+    if not _self_calibration.acquire(blocking=False):
+        return  # another tick is fitting
+    try:
+        now = time.monotonic()
+        if now < _next_self_calibration[0]:
+            return
+        _next_self_calibration[0] = now + SETTINGS.self_calibrate_interval_s
+        _fit_fleet(memo)
+    finally:
+        _self_calibration.release()
+
+
+def _fit_fleet(memo: kopf.Memo) -> None:
+    catalogs: CatalogFiles = memo.catalogs
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    window = SETTINGS.self_calibrate_window
+    try:
+        items = memo.kube.list_all(API_VERSION, KIND, SETTINGS.namespace)
+        fit = fleet.calibrate(
+            memo.prometheus, items, catalogs.catalog, window=window,
+            timeout_s=SETTINGS.query_timeout_s, fitted=stamp,
+        )  # fmt: skip
+    except (TransientError, InvalidSpecError, metrics.MetricsError) as err:
+        log.warning("self-calibration skipped: %s", err)
+        return
+    if not fit.samples or not fit.material:
+        log.debug("self-calibration: nothing moved by %.0f%%", 100 * fleet.MATERIAL_CHANGE)
+        return
+    text = fit.to_yaml(
+        f"# Fleet calibration fitted by the operator over {window} at {stamp} "
+        f"(LLM_OPERATOR_SELF_CALIBRATE_INTERVAL) from {fit.samples} deployments.\n"
+    )
+    catalogs.use_calibrations(fit.calibrations, text)
+    CATALOG_VALID.labels("calibration").set(1)
+    CATALOG_LAST_GOOD.labels("calibration").set_to_current_time()
+    summary = "; ".join(line for line in fit.lines if " on " in line)
+    log.info("self-calibration in use: %s", summary)
+    ref = SETTINGS.calibration_configmap
+    if ref is None:
+        log.warning(
+            "self-calibration is not persisted: set LLM_OPERATOR_CALIBRATION_CONFIGMAP "
+            "(the chart's calibration.existingConfigMap) to keep it across restarts"
+        )
+        return
+    try:
+        memo.kube.set_configmap_key(ref[0], ref[1], "calibration.yaml", text)
+    except (TransientError, InvalidSpecError) as err:
+        log.warning("self-calibration in use but not written to ConfigMap %s/%s: %s", *ref, err)
+        return
+    API_WRITES.labels("calibration").inc()
+    meta = {"namespace": ref[0], "name": ref[1]}
+    configmap = _body({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta})
+    kopf.info(configmap, reason="CalibrationFitted", message=f"{summary} (window {window})")
 
 
 def _catalog(memo: kopf.Memo) -> Catalog:
@@ -708,4 +778,5 @@ def autoscale(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> N
     refresh_catalog(memo)
     if memo.prometheus is None:
         return
+    self_calibrate(memo)
     _autoscale(body, memo, logger, IndexedView(kwargs))

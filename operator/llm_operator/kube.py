@@ -437,6 +437,26 @@ class Kube:
                 out.append(obj)
         return out
 
+    def list_all(self, api_version: str, kind: str, namespace: str = "") -> list[dict[str, Any]]:
+        """Every object of a kind, in one namespace or ("") in all."""
+        try:
+            found = self._resource(api_version, kind).get(namespace=namespace or None)
+        except (DynamicApiError, ApiException) as err:
+            raise _translate(err, f"listing {kind}") from err
+        return [dict(item.to_dict()) for item in found.items]
+
+    def set_configmap_key(self, namespace: str, name: str, key: str, text: str) -> None:
+        """Replace one key of an existing ConfigMap (a merge patch of `data`)."""
+        try:
+            self._resource("v1", "ConfigMap").patch(
+                name=name,
+                namespace=namespace,
+                body={"data": {key: text}},
+                content_type="application/merge-patch+json",
+            )
+        except (DynamicApiError, ApiException) as err:
+            raise _translate(err, f"updating ConfigMap {namespace}/{name}") from err
+
     def delete(self, obj: dict[str, Any]) -> None:
         """Delete one object (foreground: dependents first); absent is fine."""
         meta = obj["metadata"]

@@ -69,6 +69,12 @@ class Settings:
             efficiencies.
         calibration_configmap: the ConfigMap mounted at calibration
             (LLM_OPERATOR_CALIBRATION_CONFIGMAP), for reload events.
+        self_calibrate_interval_s: the operator fits the fleet calibration itself this
+            often, as `llmctl calibrate` would, uses it at once and writes it to
+            calibration_configmap (LLM_OPERATOR_SELF_CALIBRATE_INTERVAL); 0: never (the
+            default: a calibration is then only what a person or a job provides).
+        self_calibrate_window: the PromQL duration that fit averages over
+            (LLM_OPERATOR_SELF_CALIBRATE_WINDOW, 1h).
         catalog_check_interval_s: custom catalog files are re-read at most this often, by
             the first reconcile pass after it (LLM_OPERATOR_CATALOG_CHECK_INTERVAL).
         prometheus_url: where the autoscaler queries engine metrics; empty disables it.
@@ -102,6 +108,8 @@ class Settings:
     model_catalog_configmap: tuple[str, str] | None = None
     calibration: Path | None = None
     calibration_configmap: tuple[str, str] | None = None
+    self_calibrate_interval_s: float = 0.0
+    self_calibrate_window: str = "1h"
     catalog_check_interval_s: float = 5.0
     prometheus_url: str = ""
     metrics_port: int = 8080
@@ -137,6 +145,8 @@ class Settings:
             calibration_configmap=parse_object_ref(
                 "LLM_OPERATOR_CALIBRATION_CONFIGMAP", env("LLM_OPERATOR_CALIBRATION_CONFIGMAP", "")
             ),
+            self_calibrate_interval_s=float(env("LLM_OPERATOR_SELF_CALIBRATE_INTERVAL", "0")),
+            self_calibrate_window=env("LLM_OPERATOR_SELF_CALIBRATE_WINDOW", "1h"),
             catalog_check_interval_s=float(env("LLM_OPERATOR_CATALOG_CHECK_INTERVAL", "5")),
             prometheus_url=env("LLM_OPERATOR_PROMETHEUS_URL", ""),
             metrics_port=int(env("LLM_OPERATOR_METRICS_PORT", "8080")),
