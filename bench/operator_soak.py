@@ -315,6 +315,54 @@ def operator_kill(op: OperatorProcess, at: float = 2 / 3) -> Fault:
     return Fault("operator SIGKILLed and restarted", at, inject)
 
 
+class MemoryCgroup:
+    """A memory cgroup the operator runs in, limited as the chart limits its container
+    (`resources.limits.memory`), so that the soak shows whether it would be OOM-killed.
+
+    cgroup v1 (`/sys/fs/cgroup/memory/NAME`) or v2 (`/sys/fs/cgroup/NAME`); the kernel
+    enforces the limit exactly as kubelet's cgroup for the container would. Its usage
+    includes the page cache of the files the process writes (its log), which the kernel
+    reclaims before it kills anything.
+    """
+
+    def __init__(self, name: str, limit_mib: int) -> None:
+        v1 = Path("/sys/fs/cgroup/memory")
+        self.v2 = not v1.is_dir()
+        self.path = (Path("/sys/fs/cgroup") if self.v2 else v1) / name
+        self.limit_mib = limit_mib
+        try:
+            self.path.mkdir(exist_ok=True)
+            limit = str(limit_mib * 2**20)
+            (self.path / ("memory.max" if self.v2 else "memory.limit_in_bytes")).write_text(limit)
+        except OSError as err:
+            raise SystemExit(
+                f"--memory-limit: cannot create the memory cgroup {self.path} ({err}); run "
+                "where cgroups are writable (root, or a delegated cgroup v2 subtree)"
+            ) from err
+
+    def _read(self, name: str) -> str:
+        return (self.path / name).read_text()
+
+    def peak_mib(self) -> float:
+        """Highest usage since creation (v1 max_usage_in_bytes; v2 memory.peak)."""
+        name = "memory.peak" if self.v2 else "memory.max_usage_in_bytes"
+        return int(self._read(name)) / 2**20
+
+    def oom_kills(self) -> int:
+        """Processes the kernel killed in this cgroup for exceeding the limit."""
+        text = self._read("memory.events" if self.v2 else "memory.oom_control")
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def remove(self) -> None:
+        with_pids = self._read("cgroup.procs").split()
+        if not with_pids:
+            self.path.rmdir()
+
+
 @dataclass
 class Sample:
     t: float  # seconds since the churn began (negative: before it)
@@ -645,6 +693,9 @@ class SoakResult:
     rest: Rest
     stale_metric_series: int
     wall_s: float
+    memory_limit_mib: int | None = None  # the cgroup limit the operator ran under
+    memory_peak_mib: float | None = None  # the cgroup's peak usage (page cache included)
+    oom_kills: int = 0
 
     @property
     def leak_limit_mib(self) -> float:
@@ -663,6 +714,11 @@ class SoakResult:
                 f"RSS grows {self.leak_mib_per_min:.2f} MiB/min, {self.leak_growth_mib:.1f} MiB "
                 f"over {self.leak_window_s:.0f} s (limit {LEAK_MIB_PER_MIN:g} MiB/min, "
                 f"{self.leak_floor_mib:g} MiB at least)"
+            )
+        if self.oom_kills:
+            out.append(
+                f"the operator was OOM-killed {self.oom_kills} times at a "
+                f"{self.memory_limit_mib} MiB limit (peak {self.memory_peak_mib:.0f} MiB)"
             )
         rest = self.rest
         if rest.writes_per_min or rest.written:
@@ -799,6 +855,16 @@ def markdown(r: SoakResult, command: str, setup: str) -> str:
         f"{f' {r.rest.by_verb}' if r.rest.by_verb else ''}; {len(r.rest.written)} "
         "LLMDeployments changed resourceVersion |",
         f"| per-object metric series left for deleted objects | {r.stale_metric_series} |",
+        *(
+            [
+                f"| operator memory cgroup (limit {r.memory_limit_mib} MiB, the chart's) | peak "
+                f"{r.memory_peak_mib:.0f} MiB with page cache, peak RSS "
+                f"{max((x.rss_mib for x in r.rss), default=0):.0f} MiB; OOM kills: "
+                f"{r.oom_kills} |"
+            ]
+            if r.memory_limit_mib is not None
+            else []
+        ),
         f"| wall time | {r.wall_s / 60:.1f} min |",
         "",
         "Operator RSS (VmRSS; t from the start of the churn"
@@ -829,6 +895,13 @@ def main() -> int:
     parser.add_argument("--ops-per-second", type=float, default=2.0)
     parser.add_argument("--no-faults", action="store_true")
     parser.add_argument("--out-json", type=Path)
+    parser.add_argument(
+        "--memory-limit",
+        type=int,
+        metavar="MIB",
+        help="run the operator in a memory cgroup with this limit (the chart's is 512) and "
+        "report its peak and OOM kills",
+    )
     parser.add_argument(
         "--settle",
         type=float,
@@ -867,6 +940,12 @@ def main() -> int:
             "LLM_OPERATOR_PROMETHEUS_URL": prometheus,
         },
     )
+    cgroup = (
+        MemoryCgroup(f"llm-operator-soak-{os.getpid()}", args.memory_limit)
+        if args.memory_limit
+        else None
+    )
+    op.cgroup = cgroup.path if cgroup is not None else None
     op.start()
     progress(f"operator log: {op.log_path}; {len(nodes)} nodes in pool {POOL}")
 
@@ -905,6 +984,16 @@ def main() -> int:
         op.stop()
         for node in nodes:
             core.delete_node(node["metadata"]["name"])
+        memory = (
+            (cgroup.limit_mib, round(cgroup.peak_mib(), 1), cgroup.oom_kills())
+            if cgroup is not None
+            else None
+        )
+        if cgroup is not None:
+            cgroup.remove()
+    if memory is not None:
+        limit, peak, kills = memory
+        result = replace(result, memory_limit_mib=limit, memory_peak_mib=peak, oom_kills=kills)
 
     command = "python bench/operator_soak.py " + " ".join(sys.argv[1:])
     setup = "the operator as its ServiceAccount, full re-check every 30 s, autoscaler every 15 s"

@@ -127,6 +127,14 @@ class OperatorProcess:
     health_port: int = 0
     metrics_port: int = 0
     log_format: str = "plain"  # Kopf's: plain (messages only) or json (with levels)
+    # A cgroup directory (`MemoryCgroup.path`) the process starts in, e.g. to hold it to
+    # the chart's memory limit; None: this process's own.
+    cgroup: Path | None = None
+
+    def _join_cgroup(self) -> None:
+        """In the child, before exec: move itself into `cgroup` (its memory counts there)."""
+        assert self.cgroup is not None
+        (self.cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the operator and wait until its liveness endpoint answers."""
@@ -150,6 +158,7 @@ class OperatorProcess:
             stderr=subprocess.STDOUT,
             cwd=REPO,
             start_new_session=True,
+            preexec_fn=None if self.cgroup is None else self._join_cgroup,
         )
         log.close()
         deadline = time.monotonic() + timeout
