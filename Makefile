@@ -39,7 +39,7 @@ unit: $(STAMP) tools contracts-env ## Unit tests (no cluster; the chart tests ne
 
 .PHONY: test
 test: lint tools contracts-env $(STAMP) ## Everything: lint, unit tests and e2e tests on the local cluster
-	@$(BIN)/pytest tests e2e; code=$$?; \
+	@$(BIN)/pytest tests e2e --durations=30; code=$$?; \
 	  if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	  exit $$code
 
