@@ -251,6 +251,8 @@ def operator_process(
             "LLM_OPERATOR_AUTOSCALE_INTERVAL": "2",
             "LLM_OPERATOR_PROMETHEUS_URL": cluster.prometheus_url,
             "LLM_OPERATOR_QUERY_TIMEOUT": "2",
+            # A Secret created or fixed during a test is seen within 5 s, not 30.
+            "LLM_OPERATOR_SECRET_CACHE_TTL": "5",
         },
     )
     op.start()

@@ -227,7 +227,9 @@ def test_the_operator_calibrates_itself_and_keeps_it_in_its_configmap(
                 **operator_env(cluster, calibration),
                 "LLM_OPERATOR_CALIBRATION_CONFIGMAP": f"{install_ns}/{configmap}",
                 "LLM_OPERATOR_SELF_CALIBRATE_INTERVAL": "5",
-                "LLM_OPERATOR_SELF_CALIBRATE_WINDOW": "1m",
+                # NOTE: a short window, so that the load before the test's is soon out of
+                # the averages (the gauges' mean would mix it in for a minute).
+                "LLM_OPERATOR_SELF_CALIBRATE_WINDOW": "20s",
             }
         )
         get = create_serving(custom, namespace, name)

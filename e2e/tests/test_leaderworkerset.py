@@ -139,5 +139,11 @@ def test_leader_address_has_its_headless_service(
         timeout=60,
         description="the leader StatefulSet",
     )
-    service = core.read_namespaced_service(leaders.spec.service_name, namespace)
+    # NOTE: the LeaderWorkerSet controller creates the headless Service after the
+    # StatefulSet, sometimes a moment later (CI saw a 404 in between).
+    service = eventually(
+        lambda: core.read_namespaced_service(leaders.spec.service_name, namespace),
+        timeout=30,
+        description="the leaders' headless Service",
+    )
     assert service.spec.cluster_ip == "None", service.spec.cluster_ip

@@ -148,7 +148,7 @@ def test_missing_token_secret_is_not_ready(
 
     def named(words: str) -> bool:
         # A child event makes the owner reconcile; the operator caches what it read of a
-        # Secret for 30 s (kube.SECRET_TTL_S), so this may take that long.
+        # Secret (LLM_OPERATOR_SECRET_CACHE_TTL, 5 s for the e2e operator).
         _poke(apps, namespace, name)
         return words in missing()
 

@@ -167,7 +167,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # needs the same credentials (in-cluster ServiceAccount, else KUBECONFIG) loaded here.
     load_config()
     connect = min(10.0, SETTINGS.api_timeout_s)
-    memo.kube = Kube(BoundedApiClient(timeout_s=(connect, SETTINGS.api_timeout_s)))
+    memo.kube = Kube(
+        BoundedApiClient(timeout_s=(connect, SETTINGS.api_timeout_s)),
+        secret_ttl_s=SETTINGS.secret_cache_ttl_s,
+    )
     memo.prometheus = (
         metrics.make_client(SETTINGS.prometheus_url, SETTINGS.query_timeout_s)
         if SETTINGS.prometheus_url

@@ -277,9 +277,13 @@ class Kube:
     """A thin facade over the Kubernetes API for the operator's needs."""
 
     def __init__(
-        self, api_client: client.ApiClient | None = None, inventory_ttl_s: float = 10.0
+        self,
+        api_client: client.ApiClient | None = None,
+        inventory_ttl_s: float = 10.0,
+        secret_ttl_s: float = SECRET_TTL_S,
     ) -> None:
         self.api = api_client or BoundedApiClient()
+        self.secret_ttl_s = secret_ttl_s
         # NOTE: every reconcile pass asks what the nodes offer; nodes change on the scale of
         # minutes (autoscaling groups), so one list per `inventory_ttl_s` serves them all.
         self.inventory_ttl_s = inventory_ttl_s
@@ -501,15 +505,15 @@ class Kube:
     def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
         """The key names of a Secret (never its values); None when it does not exist.
 
-        NOTE: cached for `SECRET_TTL_S`: every pass of an object with a token Secret asks,
-        and a Secret created later is seen within that time (the safety pass, or any change
-        of a child, reconciles again).
+        NOTE: cached for `secret_ttl_s` (LLM_OPERATOR_SECRET_CACHE_TTL): every pass of an
+        object with a token Secret asks, and a Secret created later is seen within that time
+        (the safety pass, or any change of a child, reconciles again).
         """
         key = (namespace, name)
         now = time.monotonic()
         with self._secrets_lock:
             hit = self._secrets.get(key)
-            if hit is not None and now - hit[0] < SECRET_TTL_S:
+            if hit is not None and now - hit[0] < self.secret_ttl_s:
                 return hit[1]
         keys = self._secret_keys(namespace, name)
         with self._secrets_lock:

@@ -86,6 +86,9 @@ class Settings:
         query_timeout_s: timeout of each Prometheus query.
         prediction_tolerance: |observed / predicted - 1| of TTFT, TPOT or tokens/s beyond
             which a PredictionDiverged event is posted (LLM_OPERATOR_PREDICTION_TOLERANCE).
+        secret_cache_ttl_s: how long the key names read of a token Secret are reused before
+            it is read again (LLM_OPERATOR_SECRET_CACHE_TTL, 30 s): a Secret created or
+            fixed later is seen within that time.
         api_timeout_s: timeout of each Kubernetes API request (the read; connecting gets
             at most 10 s), the operator's and Kopf's.
         peering: Kopf peering name for HA ("" runs standalone).
@@ -119,6 +122,7 @@ class Settings:
     query_timeout_s: float = 5.0
     prediction_tolerance: float = 0.25
     api_timeout_s: float = 30.0
+    secret_cache_ttl_s: float = 30.0
     peering: str = ""
     monitoring: bool = False
     allow_privileged_overrides: bool = False
@@ -156,6 +160,7 @@ class Settings:
             query_timeout_s=float(env("LLM_OPERATOR_QUERY_TIMEOUT", "5")),
             prediction_tolerance=float(env("LLM_OPERATOR_PREDICTION_TOLERANCE", "0.25")),
             api_timeout_s=float(env("LLM_OPERATOR_API_TIMEOUT", "30")),
+            secret_cache_ttl_s=float(env("LLM_OPERATOR_SECRET_CACHE_TTL", "30")),
             peering=env("LLM_OPERATOR_PEERING", ""),
             monitoring=env("LLM_OPERATOR_MONITORING", "false").lower() == "true",
             allow_privileged_overrides=(
