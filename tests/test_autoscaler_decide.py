@@ -30,8 +30,14 @@ STEP = 15.0  # the loop's default interval, seconds
 
 
 def make_policy(**overrides: Any) -> Policy:
-    """The spec defaults (min 1, max 4, 80%, 30 s up, 300 s down) with overrides."""
-    base: dict[str, Any] = {"min_replicas": 1, "max_replicas": 8}
+    """Min 1, max 8, 80% (one replica planned for 800 tokens/s), 30 s up, 300 s down, no
+    scaling ahead (the tests of the trend turn it on), with overrides."""
+    base: dict[str, Any] = {
+        "min_replicas": 1,
+        "max_replicas": 8,
+        "target_utilization": 0.8,
+        "predictive": False,
+    }
     return Policy(**(base | overrides))
 
 
@@ -134,12 +140,20 @@ def test_settles_on_demand_over_capacity(replicas: int, tps: float, expected: in
 
 def test_scale_up_waits_the_up_window_then_jumps_to_the_need() -> None:
     run = warmed(make_policy(), 2, 1600.0)
-    first = run.offer(4000.0)
+    first = run.offer(1850.0)  # served without a queue: demand must persist
     assert (first.replicas, first.reason) == (2, d.STABILIZING_UP)
-    assert first.needed_replicas == 5
-    run.offer(4000.0)
-    third = run.offer(4000.0)  # 30 s after the first high sample
-    assert (third.replicas, third.reason) == (5, d.SCALE_UP)
+    assert first.needed_replicas == 3
+    run.offer(1850.0)
+    third = run.offer(1850.0)  # 30 s after the first high sample
+    assert (third.replicas, third.reason) == (3, d.SCALE_UP)
+
+
+def test_a_queue_in_two_samples_in_a_row_skips_the_up_window() -> None:
+    run = warmed(make_policy(scale_up_window_s=120.0), 2, 1600.0)
+    first = run.offer(4000.0)  # 2 replicas serve 2000: 50 requests wait
+    assert (first.replicas, first.reason) == (2, d.STABILIZING_UP)
+    second = run.offer(4000.0)
+    assert (second.replicas, second.reason) == (5, d.SCALE_UP)
 
 
 def test_a_one_sample_spike_does_not_scale_up() -> None:
@@ -229,11 +243,14 @@ def test_no_capacity_measurement_right_after_scaling() -> None:
     assert run.replicas == 5
     # The rate still shows what 2 replicas served while 5 are ready and requests queue.
     measured = run.state.capacity_estimate
+    scaled_at = run.state.last_scale_time
+    assert scaled_at is not None
     lagging = Observation(1600.0, running_requests=40.0, waiting_requests=60.0)
-    for _ in range(round(d.SETTLE_S / STEP) - 1):
+    while run.now + STEP - scaled_at < d.SETTLE_S:
         run.step(lagging)
         assert run.state.capacity_estimate == measured
-    run.step(lagging)  # settled: now 320 tokens/s per replica counts
+    for _ in range(round(d.SETTLE_S / STEP) + 1):  # saturated for SETTLE_S: it counts
+        run.step(lagging)
     assert run.state.capacity_estimate is not None
     assert run.state.capacity_estimate != measured
     assert run.state.capacity_estimate < PER_REPLICA / 0.8
@@ -368,6 +385,9 @@ def test_state_json_round_trip_and_format() -> None:
         "capacity",
         "saturatedSince",
         "lastSaturated",
+        "demand",
+        "startup",
+        "startingSince",
     }
     assert ScalerState.from_json(text) == run.state
     assert len(text) < 2048  # one scale-down window of recommendations
@@ -405,10 +425,11 @@ def test_policy_from_spec() -> None:
     )
 
 
+@pytest.mark.parametrize("predictive", [False, True])
 @pytest.mark.parametrize("seed", range(5))
-def test_noisy_steady_load_does_not_flap(seed: int) -> None:
+def test_noisy_steady_load_does_not_flap(seed: int, predictive: bool) -> None:
     rng = random.Random(seed)
-    run = warmed(make_policy(), 3, 2400.0)
+    run = warmed(make_policy(predictive=predictive), 3, 2400.0)
     changes = 0
     for _ in range(round(4 * 3600 / STEP)):  # four hours of +-20% noise around 3 replicas
         before = run.replicas
@@ -417,10 +438,120 @@ def test_noisy_steady_load_does_not_flap(seed: int) -> None:
     assert changes <= 2
 
 
+def _ramp(predictive: bool) -> list[int]:
+    """Replicas per step while demand rises 2 tokens/s every second, without a queue."""
+    run = warmed(make_policy(predictive=predictive, max_replicas=16), 1, 500.0)
+    return [run.offer(500.0 + 2.0 * STEP * i).replicas for i in range(1, 200)]
+
+
+def test_a_rising_trend_is_scaled_for_one_start_up_ahead() -> None:
+    reactive, ahead = _ramp(False), _ramp(True)
+    # Never later, and earlier at every step up; neither scales down while demand rises.
+    assert all(a >= r for a, r in zip(ahead, reactive, strict=True))
+    for count in range(2, max(reactive) + 1):
+        assert ahead.index(count) < reactive.index(count), count
+    assert ahead == sorted(ahead) and reactive == sorted(reactive)
+    # How far ahead: the measured start-up (the Run's replicas are ready at the next call:
+    # one step) plus the up window, of demand growth.
+    lead = round((STEP + make_policy().scale_up_window_s) / STEP)
+    for count in range(3, max(reactive) + 1):
+        assert reactive.index(count) - ahead.index(count) == lead, count
+
+
+def test_before_any_start_up_was_seen_the_plans_estimate_sets_how_far_ahead() -> None:
+    # Demand rose 2 tokens/s every second for 5 minutes, now 1300 tokens/s on 2 replicas.
+    rising = tuple((float(t), 700.0 + 2.0 * t) for t in range(0, 300, 15))
+    state = ScalerState(recommendations=((285.0, 2),), observed_since=0.0, demand=rising)
+    policy = make_policy(scale_up_window_s=0.0, tolerance=0.0, predictive=True)
+    for startup, needed in [(60.0, 2), (300.0, 3)]:
+        decision = decide(
+            load(1300.0),
+            now=300.0,
+            current_replicas=2,
+            ready_replicas=2,
+            replica=replace(REPLICA, startup_s=startup),
+            policy=policy,
+            state=state,
+        )
+        # 1300 + 2 x startup tokens/s: 1420 fits 2 x 800, 1900 does not.
+        assert decision.needed_replicas == needed, startup
+
+
+def test_start_up_is_measured_from_scale_up_to_all_ready() -> None:
+    policy = make_policy()
+    state, now = ScalerState(), 0.0
+    obs = Observation(800.0, running_requests=20.0, waiting_requests=0.0)
+    for current, ready in [(1, 1), (3, 1), (3, 1), (3, 2), (3, 2), (3, 3), (3, 3)]:
+        now += STEP
+        decision = decide(
+            obs,
+            now=now,
+            current_replicas=current,
+            ready_replicas=ready,
+            replica=REPLICA,
+            policy=policy,
+            state=state,
+        )
+        state = decision.state
+    # Starting from the call that saw 3 replicas (t=30) until all 3 were ready (t=90).
+    assert state.startup_s == pytest.approx(60.0)
+    assert state.starting_since is None
+
+
+def test_a_stuck_rollout_is_not_a_start_up_sample() -> None:
+    state = ScalerState(starting_since=0.0)
+    decision = decide(
+        load(800.0),
+        now=d.MAX_STARTUP_S + 60.0,
+        current_replicas=2,
+        ready_replicas=2,
+        replica=REPLICA,
+        policy=make_policy(),
+        state=state,
+    )
+    assert decision.state.startup_s is None
+
+
+def test_spare_replicas_cover_the_loss_of_one_at_full_speed() -> None:
+    # 1600 tokens/s: two replicas at 80%; at full speed 1.6 replicas, so one spare makes 3.
+    assert warmed(make_policy(), 2, 1600.0).replicas == 2
+    spared = Run(make_policy(spare_replicas=1), 3)
+    spared.hold(1600.0, 600.0)
+    assert spared.replicas == 3
+    # Busier, headroom already holds a spare: 6 at 80% for 4400, 4.4 + 1 at full speed.
+    spared.hold(4400.0, 600.0)
+    assert spared.replicas == 6
+
+
+def test_a_queue_with_no_replica_serving_is_priced_by_the_planned_stream() -> None:
+    streaming = replace(REPLICA, request_tokens_per_second=40.0)
+    decision = decide(
+        Observation(0.0, running_requests=0.0, waiting_requests=100.0),
+        now=1000.0,
+        current_replicas=2,
+        ready_replicas=0,
+        replica=streaming,
+        policy=make_policy(),
+        state=ScalerState(),
+    )
+    assert decision.demand_tokens_per_second == pytest.approx(4000.0)
+    assert decision.needed_replicas == 5
+
+
+def test_a_state_older_than_the_tick_gap_restarts_the_windows() -> None:
+    run = warmed(make_policy(), 4, 3200.0)
+    # The operator was away (restart, failover) for 10 minutes; demand fell meanwhile.
+    decision = run.step(run.observe(700.0), dt=600.0)
+    assert (decision.replicas, decision.reason) == (4, d.STABILIZING_DOWN)
+    held = run.hold(700.0, 300.0 - STEP)
+    assert held.replicas == 4
+    assert run.offer(700.0).replicas == 1
+
+
 # -- properties ----------------------------------------------------------------------------
 
 policies = st.builds(
-    lambda lo, span, util, up, down, tol, budget, zero: Policy(
+    lambda lo, span, util, up, down, tol, budget, zero, spare, ahead: Policy(
         min_replicas=lo,
         max_replicas=max(1, lo + span),
         target_utilization=util,
@@ -429,6 +560,8 @@ policies = st.builds(
         scale_to_zero_after_s=zero if lo == 0 else None,
         tolerance=tol,
         max_cost_per_hour=budget,
+        spare_replicas=spare,
+        predictive=ahead,
     ),
     st.integers(0, 4),
     st.integers(0, 12),
@@ -438,6 +571,8 @@ policies = st.builds(
     st.sampled_from([0.0, 0.05, 0.1, 0.2]),
     st.none() | st.floats(1.0, 60.0),
     st.none() | st.sampled_from([0.0, 120.0]),
+    st.integers(0, 2),
+    st.booleans(),
 )
 observations = st.builds(
     Observation,
@@ -571,6 +706,7 @@ def test_stabilisation_windows_hold(
     policy = make_policy(min_replicas=min_replicas, scale_up_window_s=up, scale_down_window_s=down)
     run = Run(policy, max(start, min_replicas))
     seen: list[tuple[float, int | None]] = []  # (time, needed) per call; None: no data
+    queued = [False]  # per call: requests waited in a sample with data
     last_change: float | None = None
     for dt, tps, waiting in trace:
         obs = (
@@ -581,9 +717,11 @@ def test_stabilisation_windows_hold(
         before = run.replicas
         decision = run.step(obs, dt)
         seen.append((run.now, decision.needed_replicas))
+        queued.append(tps is not None and waiting > 0)
         after = decision.replicas
-        if after > before:
-            # Demand above the old count for the whole up window, with no gap in it.
+        if after > before and not (queued[-1] and queued[-2]):
+            # Demand above the old count for the whole up window, with no gap in it (a
+            # queue in two samples in a row skips the window).
             window = [n for t, n in seen if t >= run.now - up]
             assert all(n is not None and n > before for n in window)
             assert _data_for(seen, run.now) >= up

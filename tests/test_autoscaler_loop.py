@@ -163,3 +163,38 @@ def test_an_outage_clears_the_observed_rate_and_flips_once(catalog: Catalog) -> 
     llmd = llmd.model_copy(update={"status": down.status})
     still = loop.tick(FakePrometheus({}), llmd, now=NOW + 30, timeout_s=1, last_persisted=None)
     assert not still.metrics_flipped and still.decision.replicas == 2
+
+
+def _annotated(llmd: LLMDeployment, state: ScalerState) -> LLMDeployment:
+    return LLMDeployment.model_validate(
+        {
+            **llmd.model_dump(by_alias=True, exclude_none=True),
+            "metadata": {**llmd.metadata, "annotations": {loop.STATE_ANNOTATION: state.to_json()}},
+        }
+    )
+
+
+def test_the_newer_of_memory_and_annotation_is_the_state(catalog: Catalog) -> None:
+    llmd = planned(catalog, running=2)
+    steady = FakePrometheus({"generation_tokens": vector(per_replica(llmd))}, default=vector(0))
+    # Watching for 15 minutes up to the last tick, 15 s ago ...
+    fresh = ScalerState(recommendations=((NOW - 15, 2),), observed_since=NOW - 900)
+    # ... and a state last seen 10 minutes ago (another leader's, or this one's before a
+    # failover): its windows no longer count.
+    stale = ScalerState(recommendations=((NOW - 600, 2),), observed_since=NOW - 5000)
+
+    def since(memory: ScalerState | None, annotation: ScalerState) -> float | None:
+        tick = loop.tick(
+            steady,
+            _annotated(llmd, annotation),
+            now=NOW,
+            timeout_s=1,
+            last_persisted=None,
+            remembered=None if memory is None else memory.to_json(),
+        )
+        return tick.decision.state.observed_since
+
+    assert since(stale, fresh) == NOW - 900  # after a failover: the annotation
+    assert since(fresh, stale) == NOW - 900  # between persists: this process's memory
+    assert since(None, fresh) == NOW - 900  # after a restart: the annotation
+    assert since(stale, stale) == NOW  # nobody watched lately: the windows start again

@@ -306,12 +306,13 @@ def test_sound_answers_are_acted_on(
 ) -> None:
     llmd = make_llmd(plan_status, current=2)
     per = planned_rate(llmd)
-    server.answer(tokens(2 * per * 0.8), Reply(body=answer([sample(0.0)]), delay=0.2))
+    util = llmd.spec.scaling.target_utilization
+    server.answer(tokens(2 * per * util), Reply(body=answer([sample(0.0)]), delay=0.2))
     steady = run_tick(client, llmd, path)
     assert metrics_available(steady)[:2] == ("True", "Observed")
     assert steady.decision.replicas == 2 and steady.status.observed_tokens_per_second
     assert any(TOKENS in q for q in server.queries)  # the real client reached the server
-    server.answer(tokens(0.4 * per * 0.8))
+    server.answer(tokens(0.4 * per * util))
     down = run_tick(client, llmd, path)
     assert down.decision.replicas == 1  # the windows are 0: sound data acts at once
 
@@ -416,7 +417,7 @@ def test_garbage_in_the_queue_gauge_is_not_acted_on(
     """A queue asks for replicas at once (demand = served x (1 + waiting / running)), so an
     impossible queue holds like an impossible rate; a NaN gauge is as good as no gauge."""
     llmd = make_llmd(plan_status, current=2)
-    steady = tokens(2 * planned_rate(llmd) * 0.8)
+    steady = tokens(2 * planned_rate(llmd) * llmd.spec.scaling.target_utilization)
     for waiting, says in ((1e308, "waiting requests 1e+308 is more than"), (-5.0, "negative")):
         server.route = lambda query, w=waiting: (
             steady if TOKENS in query else tokens(w) if WAITING in query else tokens(1.0)
@@ -440,7 +441,8 @@ def test_counter_reset_neither_scales_down_on_the_dip_nor_up_on_the_jump(
         plan_status, current=2, scaleUpStabilizationSeconds=30, scaleDownStabilizationSeconds=300
     )
     per = planned_rate(llmd)
-    rates = [1.6 * per] * 4 + [0.001, 0.0] + [1e9 / 60] + [1.6 * per] * 3
+    util = llmd.spec.scaling.target_utilization
+    rates = [2 * util * per] * 4 + [0.001, 0.0] + [1e9 / 60] + [2 * util * per] * 3
     for i, rate in enumerate(rates):
         server.answer(tokens(rate))
         t = run_tick(client, llmd, path, now=NOW + 15 * i)
@@ -451,7 +453,7 @@ def test_counter_reset_neither_scales_down_on_the_dip_nor_up_on_the_jump(
             assert metrics_available(t)[0] == "True"
         # The jump is not taken for what a replica can do (a capacity 4x the plan would
         # later scale 2 busy replicas down to 1).
-        assert t.decision.capacity_tokens_per_second == pytest.approx(0.8 * per), i
+        assert t.decision.capacity_tokens_per_second == pytest.approx(util * per), i
         llmd = after(t, llmd)
 
 

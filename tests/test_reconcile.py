@@ -165,7 +165,9 @@ def test_cluster_without_the_gpu_type_is_infeasible(catalog: Catalog) -> None:
 
 def test_infeasible_change_stays_unplanned_on_later_passes(catalog: Catalog) -> None:
     first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
-    serving = deployed(replicas=2, ready=2)
+    n = first.status.desired_replicas
+    assert n is not None
+    serving = deployed(replicas=n, ready=n)
     status = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
     ready = desired_state(example("8b-a10g", status=status), catalog, None, serving, now=NOW)
     status = ready.status.model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -180,7 +182,7 @@ def test_infeasible_change_stays_unplanned_on_later_passes(catalog: Catalog) -> 
         )
         ready_cond = cond(d, "Ready")
         assert (ready_cond.status, ready_cond.reason) == ("False", "NoFeasiblePlan")
-        assert "previous plan keeps running (2/2" in ready_cond.message
+        assert f"previous plan keeps running ({n}/{n}" in ready_cond.message
         assert d.objects == [] and not d.prune  # the old workload is left serving
         assert d.status.observed_generation == 2
         status = d.status.model_dump(by_alias=True, exclude_none=True, mode="json")

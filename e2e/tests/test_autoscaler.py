@@ -94,7 +94,8 @@ class Scaled:
 
     def load(self, replicas_worth: float) -> float:
         """Offer the load that `replicas_worth` replicas serve at the target utilisation."""
-        tps = replicas_worth * self.per_replica() * 0.8
+        utilization = float(self.get()["spec"]["scaling"]["targetUtilization"])  # defaulted
+        tps = replicas_worth * self.per_replica() * utilization
         set_load(self.cluster.sim_url, self.namespace, self.name, tps)
         return tps
 

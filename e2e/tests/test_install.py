@@ -179,9 +179,15 @@ def test_reapplying_install_yaml_changes_nothing(cluster: Cluster, crds: list[st
     kubectl(cluster.kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", install)
 
     def versions() -> dict[str, str]:
+        # An object with a generation (Deployment, CRD) gets status and controller writes
+        # (the Deployment controller's, kubelet-driven rollout progress) that bump its
+        # resourceVersion but not its generation: the generation says whether the apply
+        # changed the spec; everything else has no status writer, so resourceVersion does.
         listed = json.loads(kubectl(cluster.kubeconfig, "get", "-f", install, "-o", "json"))
         return {
-            f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
+            f"{o['kind']}/{o['metadata']['name']}": str(
+                o["metadata"].get("generation", o["metadata"]["resourceVersion"])
+            )
             for o in listed["items"]
         }
 

@@ -74,6 +74,8 @@ HUB = HubOptions(cache_dir=SETTINGS.hub_cache_dir, timeout_s=SETTINGS.hub_timeou
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _persisted: dict[str, float] = {}  # uid -> when this process last wrote the scaler state
+# uid -> the scaler state of this process's last tick; the annotation is written less often
+_scaler_states: dict[str, str] = {}
 log = logging.getLogger(__name__)
 
 
@@ -433,6 +435,7 @@ def _forget(meta: Mapping[str, Any]) -> None:
             with contextlib.suppress(KeyError):
                 gauge.remove(*values)
         _persisted.pop(uid, None)
+        _scaler_states.pop(uid, None)
     with _locks_guard:
         _locks.pop(uid, None)
 
@@ -553,7 +556,9 @@ def _autoscale_locked(body: kopf.Body, memo: kopf.Memo, logger: Any, view: Index
             last_persisted=_persisted.get(uid),
             observer=memo.observer,
             tolerance=SETTINGS.prediction_tolerance,
+            remembered=_scaler_states.get(uid),
         )
+        _scaler_states[uid] = tick.decision.state.to_json()
         new_status = tick.status.model_dump(by_alias=True, exclude_none=True, mode="json")
         if tick.scaled:
             try:

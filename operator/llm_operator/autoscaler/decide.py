@@ -18,14 +18,21 @@ The rules, in order (docs/autoscaling.md explains them):
 3. Capacity per replica is the planner's prediction x targetUtilization; while replicas are
    saturated (requests queue or the KV cache is full) the measured tokens/s per ready replica
    replaces the prediction (a moving average kept in the state).
-4. A recommendation ceil(demand / capacity) is kept when it is within `tolerance` of the
-   current count. Scale-up takes the lowest recommendation of the last
-   scaleUpStabilizationSeconds (demand must persist), scale-down the highest of the last
-   scaleDownStabilizationSeconds, and neither acts before its window holds data.
+4. Scaling ahead (`predictive`): the demand the trend of the last `TREND_WINDOW_S`
+   reaches one start-up later (the replicas' measured start-up time, the plan's estimate
+   until one was seen, plus the up window) is what the recommendation is sized for; only a
+   rise beyond noise counts (the slope's lower 95% bound).
+5. A recommendation ceil(demand / capacity) is kept when it is within `tolerance` of the
+   current count; `spareReplicas` more than the demand needs at full speed are kept so
+   that losing them still serves it. Scale-up takes the lowest recommendation of the last
+   scaleUpStabilizationSeconds (demand must persist; requests waiting in the queues skip
+   the window: they are demand already unserved), scale-down the highest of the last
+   scaleDownStabilizationSeconds, and neither acts before its window holds data (time
+   this autoscaler watched: a state older than `MAX_TICK_GAP_S` starts them again).
    Scale-down also waits that window after the last scaling action.
-5. Scale to zero only with minReplicas 0 after scaleToZeroAfterSeconds without traffic;
+6. Scale to zero only with minReplicas 0 after scaleToZeroAfterSeconds without traffic;
    any demand seen at zero replicas brings replicas back at once.
-6. Clamp to [minReplicas, maxReplicas], then to what budget.maxCostPerHour buys; when
+7. Clamp to [minReplicas, maxReplicas], then to what budget.maxCostPerHour buys; when
    demand needs more than the budget buys the decision says `budget_limited`.
 """
 
@@ -58,6 +65,24 @@ IMPLAUSIBLE_RATE_FACTOR: Final = 100.0
 # NOTE: an engine pod holds an open socket per request it keeps; Linux caps a process at
 # fs.nr_open = 2**20 descriptors by default, so no pod holds more requests than that.
 MAX_REQUESTS_PER_REPLICA: Final = 2**20
+# NOTE: how long a new replica takes to serve before one has been seen starting: a
+# container start, the weights loaded from a node's cache and the engine's warm-up (CUDA
+# graph capture) take about a minute on vLLM; a download comes on top
+# (`ReplicaModel.startup_s`). The autoscaler measures its own replicas' start-up and uses
+# that from then on (`ScalerState.startup_s`).
+DEFAULT_STARTUP_S: Final = 120.0
+# NOTE: an assumed download speed, ~1 GiB/s (a 10 Gbit/s node link at ~85%), until a
+# start-up has been measured.
+DOWNLOAD_GIB_PER_S: Final = 1.0
+MAX_STARTUP_S: Final = 900.0  # a start-up measured longer is a stuck rollout, not a start
+# NOTE: a state whose last call is older than this was not watching (the operator was
+# down, or another replica of it led): the windows start again, as after a metrics gap.
+# The autoscaler's interval (LLM_OPERATOR_AUTOSCALE_INTERVAL, 15 s) must stay below it.
+MAX_TICK_GAP_S: Final = 2 * 60.0
+TREND_WINDOW_S: Final = 300.0  # demand samples the trend is fitted over
+MIN_TREND_SAMPLES: Final = 4
+TREND_CONFIDENCE: Final = 2.0  # standard errors off the fitted slope (about 95%)
+MAX_TREND_SAMPLES: Final = 64
 _EPS: Final = 1e-9
 
 # Reasons (CamelCase, for status.lastScalingReason and events).
@@ -115,15 +140,26 @@ class ReplicaModel:
     Attributes:
         output_tokens_per_second: the planner's predicted output tokens/s at full load.
         cost_per_hour: USD per hour of one replica.
+        startup_s: seconds from creating a replica to it serving, before any was measured.
+        request_tokens_per_second: the tokens/s one request streams (1 / time per output
+            token), which prices a queue when no replica serves; None when unknown.
     """
 
     output_tokens_per_second: float
     cost_per_hour: float
+    startup_s: float = DEFAULT_STARTUP_S
+    request_tokens_per_second: float | None = None
 
     @classmethod
     def from_plan(cls, plan: PlanStatus) -> ReplicaModel:
-        """The per-replica figures of `status.plan`."""
-        return cls(plan.output_tokens_per_second, plan.cost_per_hour)
+        """The per-replica figures of `status.plan`; the start-up adds the download."""
+        stream = 1000.0 / plan.tpot_ms if plan.tpot_ms > 0 else None
+        return cls(
+            plan.output_tokens_per_second,
+            plan.cost_per_hour,
+            startup_s=DEFAULT_STARTUP_S + (plan.download_gib or 0.0) / DOWNLOAD_GIB_PER_S,
+            request_tokens_per_second=stream,
+        )
 
 
 @dataclass(frozen=True)
@@ -140,16 +176,21 @@ class Policy:
             None uses the scale-down window.
         tolerance: relative demand change ignored around the current replica count.
         max_cost_per_hour: budget cap on replicas x cost per replica; None: no cap.
+        spare_replicas: replicas beyond what the demand needs at full speed, so that losing
+            that many (a preempted node, a crash) still serves it while they restart.
+        predictive: scale up for the demand the trend projects one start-up ahead.
     """
 
     min_replicas: int = 1
     max_replicas: int = 4
-    target_utilization: float = 0.8
+    target_utilization: float = 0.6
     scale_up_window_s: float = 30.0
     scale_down_window_s: float = 300.0
     scale_to_zero_after_s: float | None = None
     tolerance: float = DEFAULT_TOLERANCE
     max_cost_per_hour: float | None = None
+    spare_replicas: int = 0
+    predictive: bool = True
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < max(self.min_replicas, 1):
@@ -179,6 +220,8 @@ class Policy:
             scale_to_zero_after_s=_opt_float(s.scale_to_zero_after_seconds),
             tolerance=s.tolerance,
             max_cost_per_hour=spec.budget.max_cost_per_hour,
+            spare_replicas=s.spare_replicas,
+            predictive=s.predictive,
         )
 
 
@@ -199,6 +242,11 @@ class ScalerState:
             the last one was not saturated.
         last_saturated_time: when an observation was last saturated (a queue or a full
             KV cache).
+        demand: (time, demanded tokens/s) of recent calls with data, oldest first.
+        startup_s: measured seconds from a replica's creation to it serving (moving
+            average); None until one was seen.
+        starting_since: when replicas began to be short of ready (current > ready); None
+            when all are ready.
     """
 
     recommendations: tuple[tuple[float, int], ...] = ()
@@ -208,6 +256,15 @@ class ScalerState:
     capacity_estimate: float | None = None
     saturated_since: float | None = None
     last_saturated_time: float | None = None
+    demand: tuple[tuple[float, float], ...] = ()
+    startup_s: float | None = None
+    starting_since: float | None = None
+
+    @property
+    def last_seen(self) -> float:
+        """When the last call with data ran (-inf when none did)."""
+        times = [t for t, _ in self.recommendations[-1:]] + [t for t, _ in self.demand[-1:]]
+        return max(times, default=-math.inf)
 
     def to_json(self) -> str:
         """Compact JSON, e.g. `{"v":1,"rec":[[1700000000.0,3]],"since":...}`."""
@@ -220,6 +277,9 @@ class ScalerState:
             "capacity": self.capacity_estimate,
             "saturatedSince": self.saturated_since,
             "lastSaturated": self.last_saturated_time,
+            "demand": [[t, d] for t, d in self.demand],
+            "startup": self.startup_s,
+            "startingSince": self.starting_since,
         }
         return json.dumps(doc, separators=(",", ":"))
 
@@ -244,6 +304,10 @@ class ScalerState:
                 return cls()
             pairs = [(float(t), int(n)) for t, n in doc.get("rec", [])]
             recs = tuple((t, n) for t, n in pairs if n >= 0 and math.isfinite(t))
+            samples = [(float(t), float(d)) for t, d in doc.get("demand", [])]
+            demand = tuple(
+                (t, d) for t, d in samples if math.isfinite(t) and math.isfinite(d) and d >= 0
+            )
             return cls(
                 recommendations=recs[-MAX_RECOMMENDATIONS:],
                 observed_since=_opt_float(doc.get("since")),
@@ -252,6 +316,9 @@ class ScalerState:
                 capacity_estimate=_opt_positive(doc.get("capacity")),
                 saturated_since=_opt_float(doc.get("saturatedSince")),
                 last_saturated_time=_opt_float(doc.get("lastSaturated")),
+                demand=demand[-MAX_TREND_SAMPLES:],
+                startup_s=_opt_positive(doc.get("startup")),
+                starting_since=_opt_float(doc.get("startingSince")),
             )
         except (ValueError, TypeError, OverflowError):
             return cls()
@@ -387,11 +454,22 @@ def decide(
     estimate, saturated_since = _refine_capacity(
         observation, served, now, current, ready_replicas, planned, state
     )
-    per_replica = (estimate if estimate is not None else planned) * policy.target_utilization
-    demand = _demand(observation, served, per_replica)
-    needed = _recommend(demand, per_replica, current, policy.tolerance)
-
+    full = estimate if estimate is not None else planned
+    per_replica = full * policy.target_utilization
+    demand = _demand(observation, served, per_replica, replica.request_tokens_per_second)
     since = state.observed_since if state.observed_since is not None else now
+    if state.last_seen < now - MAX_TICK_GAP_S:
+        since = now  # the windows count only what this autoscaler watched
+    startup_s, starting_since = _startup(now, current, ready_replicas, state)
+    samples = tuple((t, d) for t, d in state.demand if t >= max(since, now - TREND_WINDOW_S))
+    # NOTE: a sample is kept to the milli-token: the state is JSON in an annotation.
+    samples = (*samples, (now, round(min(demand, 1e15), 3)))[-MAX_TREND_SAMPLES:]
+    horizon = (startup_s if startup_s is not None else replica.startup_s) + policy.scale_up_window_s
+    ahead = _project(samples, horizon) if policy.predictive else demand
+    needed = _recommend(
+        max(demand, ahead), per_replica, full, current, policy.tolerance, policy.spare_replicas
+    )
+
     active = demand > 0
     last_active = now if active or state.last_active_time is None else state.last_active_time
     last_saturated = now if _saturated(observation) else state.last_saturated_time
@@ -404,7 +482,14 @@ def decide(
     recs = tuple((t, n) for t, n in state.recommendations if horizon <= t < now)
     recs = (*recs, (now, max(needed, current) if capped else needed))[-MAX_RECOMMENDATIONS:]
 
-    target, reason = _stabilize(needed, current, now, since, recs, policy, state)
+    # NOTE: requests waiting in this and the previous sample are demand already unserved,
+    # not noise: scaling up for them does not wait for the up window (one sample's queue
+    # may be a blip and does).
+    queued = _saturated(observation) and state.saturated_since is not None
+    up_window = 0.0 if queued else policy.scale_up_window_s
+    target, reason = _stabilize(
+        needed, current, now, since, recs, replace(policy, scale_up_window_s=up_window), state
+    )
 
     # Scale to zero has its own timer, the idle period, and bypasses the windows.
     idle_after = (
@@ -439,6 +524,9 @@ def decide(
         capacity_estimate=estimate,
         saturated_since=saturated_since,
         last_saturated_time=last_saturated,
+        demand=samples,
+        startup_s=startup_s,
+        starting_since=now if desired > current and starting_since is None else starting_since,
     )
     return Decision(
         replicas=desired,
@@ -473,11 +561,12 @@ def _hold(
     if desired != current:
         message = f"metrics unavailable ({why}); {current} -> {desired} replicas to meet the bounds"
     estimate = state.capacity_estimate
-    # NOTE: the gap restarts both windows (observed_since = None) and the idle timer
-    # (last_active_time = now): what happened while we could not see is unknown.
+    # NOTE: the gap restarts both windows (observed_since = None), a run of queued samples
+    # and the idle timer (last_active_time = now): what happened unseen is unknown.
     new_state = replace(
         state,
         observed_since=None,
+        saturated_since=None,
         last_active_time=now,
         last_scale_time=now if desired != current else state.last_scale_time,
     )
@@ -544,13 +633,16 @@ def _saturated(observation: Observation) -> bool:
     return waiting > 0 or (kv is not None and kv >= SATURATED_KV_USAGE)
 
 
-def _demand(observation: Observation, served: float, per_replica: float) -> float:
+def _demand(
+    observation: Observation, served: float, per_replica: float, stream: float | None
+) -> float:
     """Demanded output tokens/s: what is served plus what the queue asks for.
 
     Each waiting request wants what a running one gets (served / running), so the queue
-    adds served x waiting / running. Without a running count the demand is taken as
-    double what is served (Kubernetes HPA's default scale-up step is 100%). A queue means
-    at least one replica's worth of demand, even with nothing served (no ready replica).
+    adds served x waiting / running. With nothing running (every replica gone or still
+    starting) each waiting request wants one request's planned stream (`stream` tokens/s);
+    without either the demand is taken as double what is served (Kubernetes HPA's default
+    scale-up step is 100%). A queue means at least one replica's worth of demand.
     """
     waiting = observation.waiting_requests or 0.0
     if waiting <= 0:
@@ -559,18 +651,68 @@ def _demand(observation: Observation, served: float, per_replica: float) -> floa
     if running is not None and running > 0:
         # NOTE: fewer than one running request is a sampling artefact; count it as one.
         queued = served * (1.0 + waiting / max(running, 1.0))
+    elif stream is not None:
+        queued = served + waiting * stream
     else:
         queued = 2.0 * served
     return max(queued, per_replica)
 
 
-def _recommend(demand: float, per_replica: float, current: int, tolerance: float) -> int:
-    """ceil(demand / capacity), or the current count when within the tolerance of it."""
+def _recommend(
+    demand: float, per_replica: float, full: float, current: int, tolerance: float, spare: int
+) -> int:
+    """ceil(demand / capacity), or the current count when within the tolerance of it; and
+    at least `spare` replicas more than the demand needs at full speed (`full` tokens/s)."""
     if demand <= 0:
         return 0
     if current > 0 and abs(demand / (current * per_replica) - 1.0) <= tolerance:
-        return current
-    return max(1, math.ceil(min(demand / per_replica, MAX_RECOMMENDED) - _EPS))
+        needed = current
+    else:
+        needed = max(1, math.ceil(min(demand / per_replica, MAX_RECOMMENDED) - _EPS))
+    if spare > 0:
+        needed = max(needed, math.ceil(min(demand / full, MAX_RECOMMENDED) - _EPS) + spare)
+    return min(needed, MAX_RECOMMENDED)
+
+
+def _startup(
+    now: float, current: int, ready: int, state: ScalerState
+) -> tuple[float | None, float | None]:
+    """The measured start-up time (moving average) and when replicas began starting.
+
+    Replicas are starting while fewer are ready than exist; when all are ready again, the
+    time since that began is one start-up sample (the slowest of the replicas started
+    together, which is what scaling ahead must wait for). A sample beyond `MAX_STARTUP_S`
+    is a stuck rollout or a crash loop, not a start-up, and is not taken.
+    """
+    estimate, since = state.startup_s, state.starting_since
+    if current > ready:
+        return estimate, since if since is not None else now
+    if since is not None and 0 < now - since <= MAX_STARTUP_S:
+        sample = now - since
+        estimate = sample if estimate is None else 0.5 * estimate + 0.5 * sample
+    return estimate, None
+
+
+def _project(samples: tuple[tuple[float, float], ...], horizon_s: float) -> float:
+    """The demand `horizon_s` after the last sample, on the least-squares trend of the
+    samples: only a rising trend counts (scaling ahead is for scaling up; scaling down
+    waits for the demand itself), and the projection is at most twice the last demand."""
+    last = samples[-1][1]
+    if len(samples) < MIN_TREND_SAMPLES:
+        return last
+    n = len(samples)
+    mean_t = sum(t for t, _ in samples) / n
+    mean_d = sum(d for _, d in samples) / n
+    var = sum((t - mean_t) ** 2 for t, _ in samples)
+    if var <= _EPS:
+        return last
+    slope = sum((t - mean_t) * (d - mean_d) for t, d in samples) / var
+    # NOTE: noise alone gives a slope too; only what the trend's lower confidence bound
+    # (slope - 2 standard errors) says is rising is projected.
+    residual = sum((d - mean_d - slope * (t - mean_t)) ** 2 for t, d in samples)
+    stderr = math.sqrt(residual / (n - 2) / var)
+    rising = max(0.0, slope - TREND_CONFIDENCE * stderr)
+    return min(last + rising * horizon_s, 2.0 * last)
 
 
 def _stabilize(

@@ -80,6 +80,7 @@ def tick(
     last_persisted: float | None,
     observer: metrics.GroupedObserver | None = None,
     tolerance: float = fidelity.DEFAULT_TOLERANCE,
+    remembered: str | None = None,
 ) -> Tick:
     """Observe the load of `llmd`, decide its replicas and build the status to write.
 
@@ -92,6 +93,9 @@ def tick(
         observer: answers from one grouped query per metric for every LLMDeployment
             (the operator's); None asks Prometheus through `client` for this one only.
         tolerance: |observed / predicted - 1| beyond which predictions diverge.
+        remembered: the state this process's previous tick returned
+            (`Tick.decision.state.to_json()`), used unless the annotation (persisted less
+            often) is newer: after a restart there is none, after a failover it is old.
 
     Returns:
         The decision and what to write.
@@ -109,7 +113,10 @@ def tick(
             client, plan.engine, namespace, name, timeout_s=timeout_s, tokens_query=tokens_query
         )
     current = status.desired_replicas if status.desired_replicas is not None else 0
-    state = ScalerState.from_json((meta.get("annotations") or {}).get(STATE_ANNOTATION))
+    # NOTE: the newer of this process's memory and the annotation: after a failover the
+    # annotation written by the other leader is newer than what this one remembers.
+    stored = ScalerState.from_json((meta.get("annotations") or {}).get(STATE_ANNOTATION))
+    state = max(ScalerState.from_json(remembered), stored, key=lambda s: s.last_seen)
     decision = decide(
         observation,
         now=now,
