@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -115,6 +116,14 @@ def main() -> int:
     parser.add_argument("--latency-objects", type=int, default=50)
     parser.add_argument("--objects", type=int, default=500)
     parser.add_argument("--steady-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="run the operator under tracemalloc (PYTHONTRACEMALLOC=FRAMES; slower) and "
+        "print where its memory is once everything is Ready",
+    )
     args = parser.parse_args()
 
     subprocess.run(
@@ -147,7 +156,10 @@ def main() -> int:
         work / "operator.log",
         # The safety-net pass every 30 s rather than 300: steady state is measured while
         # every object is still being re-checked.
-        extra_env={"LLM_OPERATOR_RECONCILE_INTERVAL": "30"},
+        extra_env={
+            "LLM_OPERATOR_RECONCILE_INTERVAL": "30",
+            **({"PYTHONTRACEMALLOC": str(args.tracemalloc)} if args.tracemalloc else {}),
+        },
     )
     op.start()
     assert op.proc is not None
@@ -198,6 +210,15 @@ def main() -> int:
             ]
         }
         changed = sum(1 for n, v in versions.items() if after.get(n) != v)
+        if args.tracemalloc:
+            op.proc.send_signal(signal.SIGUSR2)
+            time.sleep(30)  # a snapshot of a large heap takes a while
+            report = [
+                line.split("tracemalloc: ", 1)[1]
+                for line in op.log_path.read_text(errors="replace").splitlines()
+                if "tracemalloc: " in line
+            ]
+            print("\n".join(report), file=sys.stderr)
     finally:
         # NOTE: delete while the operator still runs: it removes its finalizer from each
         # LLMDeployment; stopped first, the namespace would hang in Terminating.

@@ -407,3 +407,24 @@ def test_shared_cache_starts_the_workload_only_after_the_download(catalog: Catal
     d = desired_state(_shared(example("8b-a10g", status=status)), catalog, None, done, now=LATER)
     assert "Deployment" in [o["kind"] for o in d.objects]
     assert cond(d, "Progressing").reason == "Creating"
+
+
+def test_rendered_children_are_reused_until_an_input_changes_and_kept_once_per_object(
+    catalog: Catalog,
+) -> None:
+    from llm_operator.reconcile import desired as desired_module
+
+    first = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=NOW)
+    again = desired_state(example("8b-a10g"), catalog, None, ChildState(), now=LATER)
+    assert again.objects[0] is first.objects[0]  # nothing changed: not rendered again
+    cached = len(desired_module._RENDER_CACHE)
+    changed = example("8b-a10g", generation=2)
+    bigger = changed.spec.scaling.model_copy(update={"min_replicas": 4, "max_replicas": 4})
+    changed = changed.model_copy(update={"spec": changed.spec.model_copy(update={"scaling": bigger})})
+    third = desired_state(changed, catalog, None, ChildState(), now=LATER)
+    assert third.objects[0] is not first.objects[0]
+    assert third.objects[0]["spec"]["replicas"] == 4
+    # The object's entry was replaced, not added to; deleting the object drops it.
+    assert len(desired_module._RENDER_CACHE) == cached
+    desired_module.forget_rendered("uid-1")
+    assert len(desired_module._RENDER_CACHE) == cached - 1

@@ -167,6 +167,15 @@ def test_load_step_scales_up_then_down_only_after_the_window(
     assert s.peak <= 4
 
 
+def test_a_spare_replica_is_kept_beyond_what_the_load_needs(scaled: Any) -> None:
+    s = scaled(body("spare", scaling={"spareReplicas": 1}))
+    s.load(0.5)  # half a replica's worth at the target: one replica would do
+    s.wait_replicas(2, timeout=120)
+    assert "2 replicas" in s.get()["status"]["lastScalingReason"]
+    time.sleep(DOWN_WINDOW_S + 5)  # and it stays: the spare is not scaled away
+    assert s.replicas() == 2 and s.peak == 2
+
+
 def test_load_beyond_the_budget_stops_at_the_budget(
     scaled: Any, core: client.CoreV1Api, namespace: str
 ) -> None:

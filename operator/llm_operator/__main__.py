@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_prefix=args.log_format != "json",
         log_refkey="object",
     )
+    _memory_report_on_signal()
     namespace = args.namespace or handlers.SETTINGS.namespace
     kopf.run(
         clusterwide=not namespace,
@@ -46,6 +47,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         peering_name=handlers.SETTINGS.peering or None,
     )
     return 0
+
+
+def _memory_report_on_signal(top: int = 40) -> None:
+    """With Python's own PYTHONTRACEMALLOC set (a diagnostic run: it slows the process),
+    SIGUSR2 prints where the traced memory is, by allocation site, to stderr (the log)."""
+    import signal
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return
+
+    def report(_signum: int, _frame: object) -> None:
+        snapshot = tracemalloc.take_snapshot()
+        stats = snapshot.statistics("traceback")
+        total = sum(s.size for s in stats)
+        lines = [f"tracemalloc: {total / 2**20:.1f} MiB traced in {len(stats)} sites; top {top}:"]
+        for stat in stats[:top]:
+            where = " <- ".join(f"{f.filename}:{f.lineno}" for f in stat.traceback[:6])
+            lines.append(f"tracemalloc: {stat.size / 2**20:8.2f} MiB {stat.count:8d} {where}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGUSR2, report)
 
 
 if __name__ == "__main__":

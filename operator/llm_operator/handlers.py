@@ -60,7 +60,7 @@ from llm_operator.metrics import (
     RECONCILES,
     REPLICAS,
 )
-from llm_operator.reconcile.desired import LABEL_LLMD, Options
+from llm_operator.reconcile.desired import LABEL_LLMD, Options, forget_rendered
 from llm_operator.reconcile.run import Outcome, parse, reconcile_once, status_dict
 from llm_operator.settings import ANNOTATION_PREFIX, Settings
 
@@ -436,6 +436,7 @@ def _forget(meta: Mapping[str, Any]) -> None:
                 gauge.remove(*values)
         _persisted.pop(uid, None)
         _scaler_states.pop(uid, None)
+        forget_rendered(uid)
     with _locks_guard:
         _locks.pop(uid, None)
 

@@ -7,6 +7,7 @@ status to write and the events to post. `apply.py` executes it. Called by the ha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -472,12 +473,21 @@ def desired_state(
 
 WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
 
-# Rendered children by what they are rendered from: a pass whose inputs did not change
-# (every safety pass at rest) reuses them instead of rendering again (~16 ms a render).
-# Bounded; the objects are never mutated (apply copies before adding owner references).
-_RENDER_CACHE: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-_RENDER_CACHE_SIZE = 4096
+# The last rendered children of each LLMDeployment (by uid), with a digest of what they
+# were rendered from: a pass whose inputs did not change (every safety pass at rest)
+# reuses them instead of rendering again (~16 ms a render). One entry per object, so
+# memory follows the live objects (an update replaces the entry, `forget_rendered` drops
+# it on delete); bounded all the same. The objects are never mutated (apply copies before
+# adding owner references).
+_RENDER_CACHE: OrderedDict[str, tuple[str, list[dict[str, Any]]]] = OrderedDict()
+_RENDER_CACHE_SIZE = 16384
 _render_lock = threading.Lock()
+
+
+def forget_rendered(uid: str) -> None:
+    """Drop the cached children of a deleted LLMDeployment."""
+    with _render_lock:
+        _RENDER_CACHE.pop(uid, None)
 
 
 def _rendered(
@@ -493,7 +503,11 @@ def _rendered(
     Raises:
         InvalidSpecError: the spec cannot be rendered as written.
     """
-    key = json.dumps(
+    slot = str(
+        llmd.metadata.get("uid")
+        or f"{llmd.metadata.get('namespace')}/{llmd.metadata.get('name')}"
+    )
+    inputs = json.dumps(
         [
             llmd.metadata.get("name"),
             llmd.metadata.get("namespace"),
@@ -507,11 +521,12 @@ def _rendered(
         sort_keys=True,
         separators=(",", ":"),
     )
+    digest = hashlib.sha256(inputs.encode()).hexdigest()
     with _render_lock:
-        hit = _RENDER_CACHE.get(key)
-        if hit is not None:
-            _RENDER_CACHE.move_to_end(key)
-            return hit
+        hit = _RENDER_CACHE.get(slot)
+        if hit is not None and hit[0] == digest:
+            _RENDER_CACHE.move_to_end(slot)
+            return hit[1]
     try:
         objects = render_objects(
             llmd,
@@ -526,7 +541,8 @@ def _rendered(
     except RenderError as err:
         raise InvalidSpecError(*_split_field(str(err))) from err
     with _render_lock:
-        _RENDER_CACHE[key] = objects
+        _RENDER_CACHE[slot] = (digest, objects)
+        _RENDER_CACHE.move_to_end(slot)
         while len(_RENDER_CACHE) > _RENDER_CACHE_SIZE:
             _RENDER_CACHE.popitem(last=False)
     return objects
