@@ -420,7 +420,9 @@ def test_rendered_children_are_reused_until_an_input_changes_and_kept_once_per_o
     cached = len(desired_module._RENDER_CACHE)
     changed = example("8b-a10g", generation=2)
     bigger = changed.spec.scaling.model_copy(update={"min_replicas": 4, "max_replicas": 4})
-    changed = changed.model_copy(update={"spec": changed.spec.model_copy(update={"scaling": bigger})})
+    changed = changed.model_copy(
+        update={"spec": changed.spec.model_copy(update={"scaling": bigger})}
+    )
     third = desired_state(changed, catalog, None, ChildState(), now=LATER)
     assert third.objects[0] is not first.objects[0]
     assert third.objects[0]["spec"]["replicas"] == 4
