@@ -504,8 +504,7 @@ def _rendered(
         InvalidSpecError: the spec cannot be rendered as written.
     """
     slot = str(
-        llmd.metadata.get("uid")
-        or f"{llmd.metadata.get('namespace')}/{llmd.metadata.get('name')}"
+        llmd.metadata.get("uid") or f"{llmd.metadata.get('namespace')}/{llmd.metadata.get('name')}"
     )
     inputs = json.dumps(
         [
