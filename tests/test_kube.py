@@ -243,3 +243,48 @@ def test_a_silent_apiserver_is_a_transient_error_within_the_timeout(
         assert "no answer from the API server" in str(info.value)
     finally:
         silent.close()
+
+
+def test_the_operators_api_session_is_bounded_and_logged_in_as_the_kubeconfig_says(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import logging
+
+    import kopf
+
+    from llm_operator import handlers
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443', "
+        "insecure-skip-tls-verify: true}}]\n"
+        "users: [{name: u, user: {token: secret-token}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u, namespace: team-a}}]\n"
+    )
+    from kubernetes.config import kube_config
+
+    # NOTE: the kubernetes client reads $KUBECONFIG once, when it is imported.
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    async def login() -> tuple[Any, int, str | None]:
+        info = await handlers.login(
+            logger=logging.getLogger("test"), settings=kopf.OperatorSettings()
+        )
+        assert isinstance(info, kopf.AiohttpSession)
+        session = info.aiohttp_session
+        try:
+            return (
+                info.server,
+                session.connector.limit,
+                session.headers.get("Authorization"),
+            )
+        finally:
+            await session.close()
+
+    server, limit, authorization = asyncio.run(login())
+    assert server == "https://127.0.0.1:6443"
+    assert limit == handlers.API_CONNECTIONS > 0  # aiohttp's 0 would mean unbounded
+    assert authorization == "Bearer secret-token"

@@ -60,7 +60,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Final
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -165,15 +165,19 @@ class Simulator:
 
     # -- cluster view -------------------------------------------------------------------
     def refresh(self, core: client.CoreV1Api, custom: client.CustomObjectsApi) -> None:
-        pods = core.list_pod_for_all_namespaces(label_selector=LLMD_LABEL).items
+        # NOTE: raw JSON, not the client's models: with a thousand pods and LLMDeployments
+        # (bench/operator_scale.py) building models took a CPU core every second, which
+        # the operator under benchmark was short of.
+        pods = _items(core.list_pod_for_all_namespaces(label_selector=LLMD_LABEL, **RAW))
         # NOTE: only kwok's nodes run nothing; a pod on a real node (the local cluster's
         # real-cpu-0) runs its engine, which Prometheus scrapes itself.
-        fake = {n.metadata.name for n in core.list_node(label_selector=KWOK_NODE_LABEL).items}
+        nodes = _items(core.list_node(label_selector=KWOK_NODE_LABEL, **RAW))
+        fake = {n["metadata"]["name"] for n in nodes}
         plan_capacity: dict[tuple[str, str], float] = {}
         plan_curve: dict[tuple[str, str], list[LoadPoint]] = {}
         plan_calibration: dict[tuple[str, str], tuple[float, float]] = {}
         try:
-            llmds = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+            llmds = _items(custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **RAW))
         except ApiException as exc:  # CRD not installed yet
             if exc.status != 404:
                 raise
@@ -192,18 +196,18 @@ class Simulator:
                 float(calibration.get("prefill", 1.0)),
                 float(calibration.get("decode", 1.0)),
             )
-        seen: dict[str, tuple[Any, bool]] = {}
+        seen: dict[str, tuple[dict[str, Any], bool]] = {}
         for pod in pods:
-            if pod.status is None or pod.status.phase != "Running":
+            meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+            if status.get("phase") != "Running" or meta.get("deletionTimestamp"):
                 continue
-            if pod.metadata.deletion_timestamp is not None:
-                continue
-            if pod.spec is None or pod.spec.node_name not in fake:
+            if spec.get("nodeName") not in fake:
                 continue
             ready = any(
-                c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or []
             )
-            seen[pod.metadata.uid] = (pod, ready)
+            seen[meta["uid"]] = (meta, ready)
         with self.lock:
             self.plan_capacity = plan_capacity
             self.plan_curve = plan_curve
@@ -211,15 +215,15 @@ class Simulator:
             for uid in list(self.pods):
                 if uid not in seen:
                     del self.pods[uid]
-            for uid, (pod, ready) in seen.items():
+            for uid, (meta, ready) in seen.items():
                 state = self.pods.get(uid)
                 if state is None:
-                    labels = pod.metadata.labels or {}
+                    labels = meta.get("labels") or {}
                     engine = labels.get(ENGINE_LABEL, "vllm")
-                    annotations = pod.metadata.annotations or {}
+                    annotations = meta.get("annotations") or {}
                     state = PodState(
-                        namespace=pod.metadata.namespace,
-                        name=pod.metadata.name,
+                        namespace=meta["namespace"],
+                        name=meta["name"],
                         llmd=labels[LLMD_LABEL],
                         engine=engine if engine in ENGINES else "vllm",
                         model=annotations.get(MODEL_ANNOTATION, labels[LLMD_LABEL]),
@@ -582,6 +586,14 @@ def _clients(kubeconfig: str | None, stop: threading.Event) -> tuple[Any, Any] |
     return None
 
 
+RAW: Final[dict[str, Any]] = {"_preload_content": False}
+
+
+def _items(response: Any) -> list[dict[str, Any]]:
+    """The items of a LIST answered as raw JSON (`RAW`)."""
+    return list(json.loads(response.data).get("items") or [])
+
+
 def run_loop(sim: Simulator, kubeconfig: str | None, poll: float, stop: threading.Event) -> None:
     clients = _clients(kubeconfig, stop)
     last = time.monotonic()
@@ -595,7 +607,9 @@ def run_loop(sim: Simulator, kubeconfig: str | None, poll: float, stop: threadin
                 log.exception("listing pods failed; reloading the kubeconfig")
                 # A restarted cluster may listen on another port: read the file again.
                 clients = _clients(kubeconfig, stop)
-            next_refresh = now + poll
+            # NOTE: a refresh costs the apiserver and this process more as objects grow: at
+            # most a fifth of the time goes to it (poll seconds apart while it is cheap).
+            next_refresh = now + max(poll, 5 * (time.monotonic() - now))
         now = time.monotonic()
         sim.advance(now - last)
         last = now

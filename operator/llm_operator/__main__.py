@@ -58,14 +58,24 @@ def _memory_report_on_signal(top: int = 40) -> None:
     if not tracemalloc.is_tracing():
         return
 
+    def owner(traceback: tracemalloc.Traceback) -> str:
+        """The most recent frame in the operator, Kopf or a client library: who keeps it."""
+        for frame in reversed(traceback):
+            if any(p in frame.filename for p in ("llm_operator", "/kopf/", "/kubernetes/")):
+                return f"{frame.filename.split('site-packages/')[-1]}:{frame.lineno}"
+        return f"{traceback[-1].filename}:{traceback[-1].lineno}" if traceback else "?"
+
     def report(_signum: int, _frame: object) -> None:
-        snapshot = tracemalloc.take_snapshot()
-        stats = snapshot.statistics("traceback")
+        stats = tracemalloc.take_snapshot().statistics("traceback")
         total = sum(s.size for s in stats)
-        lines = [f"tracemalloc: {total / 2**20:.1f} MiB traced in {len(stats)} sites; top {top}:"]
-        for stat in stats[:top]:
-            where = " <- ".join(f"{f.filename}:{f.lineno}" for f in stat.traceback[:6])
-            lines.append(f"tracemalloc: {stat.size / 2**20:8.2f} MiB {stat.count:8d} {where}")
+        owners: dict[str, list[int]] = {}
+        for stat in stats:
+            kept = owners.setdefault(owner(stat.traceback), [0, 0])
+            kept[0] += stat.size
+            kept[1] += stat.count
+        lines = [f"tracemalloc: {total / 2**20:.1f} MiB traced; top {top} by the code keeping it:"]
+        for where, (size, count) in sorted(owners.items(), key=lambda kv: -kv[1][0])[:top]:
+            lines.append(f"tracemalloc: {size / 2**20:8.2f} MiB {count:8d} {where}")
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGUSR2, report)

@@ -14,6 +14,7 @@ Kopf's bookkeeping lives in annotations with the project's prefix, never in `sta
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -25,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import aiohttp
 import kopf
 from prometheus_client import Gauge, start_http_server
 
@@ -127,6 +129,38 @@ class BoundedDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
             for key, value in essence.items()
         }
         return cast(kopf.BodyEssence, digests)
+
+
+# NOTE: Kopf's own API session allows any number of connections (aiohttp's
+# TCPConnector(limit=0)): every request in flight opens one, and each TLS connection keeps
+# asyncio's 128 KiB read buffer and OpenSSL's state while it idles in the pool. A burst of
+# creates then holds one connection per object being handled. The same session, bounded:
+# requests beyond the bound wait for a free connection. Kopf's watch streams hold one each
+# for as long as they run (one per watched kind, about a dozen), so the bound is well
+# above that.
+API_CONNECTIONS = 32
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """Kopf's login through the kubernetes client (kubeconfig or in-cluster), with a
+    bounded connection pool (`API_CONNECTIONS`)."""
+    info = await asyncio.to_thread(kopf.login_via_client, **kwargs)
+    if info is None:
+        return None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=API_CONNECTIONS, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session,
+        server=info.server,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,
+        priority=info.priority,
+    )
 
 
 @kopf.on.startup()

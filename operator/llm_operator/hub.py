@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gguf import GGUFReader, GGUFValueType
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -290,6 +289,10 @@ def read_gguf_header(path: Path) -> GgufHeader:
     Raises:
         ConfigError: not a readable GGUF file.
     """
+    # NOTE: imported here: gguf brings numpy (~20 MiB of the operator's memory), and
+    # most operators never plan a GGUF file.
+    from gguf import GGUFReader, GGUFValueType
+
     try:
         reader = GGUFReader(path)
     except (OSError, ValueError) as err:
